@@ -1,0 +1,5 @@
+"""`python -m siamindex` runs the command line."""
+
+from siamindex.cli import main
+
+main()

@@ -1,0 +1,257 @@
+"""The ``siamindex`` command line: parse, call one library function, format, map errors.
+
+TensorFlow is imported inside command bodies only, so ``--help`` and usage errors are instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from siamindex.errors import SiamIndexError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENCODER_NAMES = ("seed-mlp", "cnn")  # mirrors model.ENCODERS without importing TensorFlow
+SAMPLER_NAMES = ("seed", "balanced", "in-batch")  # mirrors training.SAMPLERS
+
+
+def _errors_to_messages(command: F) -> F:
+    """Turn library errors into one-line click errors (exit 1), never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except SiamIndexError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("Interrupted; nothing was left half-written.") from None
+        except MemoryError:
+            raise click.ClickException(
+                "Out of memory; try a smaller --batch-size or fewer images per call."
+            ) from None
+        except Exception as exc:  # last resort: still one line, with a way to see more
+            if os.environ.get("SIAMINDEX_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise click.ClickException(
+                f"Unexpected {type(exc).__name__}: {first[:300]} "
+                "(set SIAMINDEX_DEBUG=1 to see the traceback, and please report it)."
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+format_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: a readable table, or JSON for programs.",
+)
+data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    envvar="SIAMINDEX_DATA",
+    default=None,
+    help="Dataset folder (IDX files or class folders); default: bundled MNIST. "
+    "Also read from SIAMINDEX_DATA.",
+)
+size_options = [
+    click.option(
+        "--train-size",
+        type=click.IntRange(min=10),
+        default=None,
+        help="Use only the first N train images (quick runs).",
+    ),
+    click.option(
+        "--test-size",
+        type=click.IntRange(min=10),
+        default=None,
+        help="Use only the first N test images (quick runs).",
+    ),
+]
+
+
+def _with_sizes(command: F) -> F:
+    for option in reversed(size_options):
+        command = option(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="siamindex")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the library is doing.")
+def cli(verbose: bool) -> None:
+    """Turn a trained Siamese network into a similarity-search index."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@cli.command()
+@click.option(
+    "--encoder",
+    type=click.Choice(ENCODER_NAMES),
+    default="cnn",
+    show_default=True,
+    help="seed-mlp is the article's network; cnn is the default, faster and better.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(SAMPLER_NAMES),
+    default=None,
+    help="Pairs: seed (the article's), balanced, or in-batch (every pair in each batch). "
+    "Default: seed for seed-mlp, in-batch for cnn.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epochs (maximum, with early stopping). Default: 20 for the article, 8 for cnn.",
+)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Contrastive-loss margin.",
+)
+@click.option(
+    "--embedding-dim",
+    type=click.IntRange(min=1, max=4096),
+    default=None,
+    help="Embedding width. Default: 128 for seed-mlp, 64 for cnn.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Drives every random choice.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Share of the train split held out for validation.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="models/encoder.keras",
+    show_default=True,
+    help="Encoder file to write (.keras); the report goes beside it (.json).",
+)
+@data_option
+@_with_sizes
+@format_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_errors_to_messages
+def train(output_format: str, quiet: bool, out: str, **settings: Any) -> None:
+    """Train an encoder with contrastive loss and write it with a JSON report."""
+    if not out.endswith(".keras"):
+        raise click.BadParameter(
+            f"'{out}' must end in .keras, e.g. models/encoder.keras.", param_hint="--out"
+        )
+    from siamindex.training import TrainConfig
+    from siamindex.training import train as run_training
+
+    result = run_training(TrainConfig(**settings), out, progress=not quiet)
+    report = result.report
+    if output_format == "json":
+        click.echo(json.dumps(report, indent=2))
+        return
+    rows = [
+        (split, _number(report["pair_accuracy"][split]), _number(report["roc_auc"][split]))
+        for split in ("train", "val", "test")
+    ]
+    click.echo(_table(rows, ("pairs", "accuracy@0.5", "roc_auc")))
+    click.echo(
+        f"\n{report['epochs_run']} epochs in {report['train_seconds']:.1f} s; "
+        f"wrote {result.path} and {result.report_path}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--encoder",
+    "encoder_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Encoder file (.keras) written by `siamindex train`.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@data_option
+@_with_sizes
+@format_option
+@_errors_to_messages
+def evaluate(
+    encoder_path: str,
+    seed: int,
+    data_dir: str | None,
+    train_size: int | None,
+    test_size: int | None,
+    output_format: str,
+) -> None:
+    """Measure an encoder on the test split against the train split, beside raw pixels."""
+    from siamindex.evaluation import evaluate as run_evaluation
+    from siamindex.model import embed, load_encoder
+
+    encoder = load_encoder(encoder_path)
+    results = run_evaluation(
+        functools.partial(embed, encoder), data_dir, seed, train_size, test_size
+    )
+    if output_format == "json":
+        click.echo(json.dumps(results, indent=2))
+        return
+    click.echo(_evaluation_table(results))
+
+
+def _evaluation_table(results: dict[str, Any]) -> str:
+    encoder, pixels = results["encoder"], results["raw_pixels"]
+    rows = [
+        ("pair accuracy @0.5", "pair_accuracy"),
+        ("pair ROC AUC", "roc_auc"),
+        ("1-NN accuracy", "one_nn_accuracy"),
+        ("precision@1", "precision_at_1"),
+        ("MAP@R", "map_at_r"),
+        ("calibrated threshold", "threshold"),
+    ]
+    table = [(label, _number(encoder[key]), _number(pixels[key])) for label, key in rows]
+    for label, key in (("membership accuracy", "accuracy"), ("membership F1", "f1")):
+        table.append(
+            (label, _number(encoder["membership"][key]), _number(pixels["membership"][key]))
+        )
+    sizes = results["sizes"]
+    return (
+        _table(table, ("measure", "encoder", "raw pixels"))
+        + f"\n\n{sizes['queries']} test queries against {sizes['stored']} stored train images."
+    )
+
+
+def main() -> None:
+    cli(prog_name="siamindex")

@@ -1,0 +1,1 @@
+"""Datasets shipped inside the package (the canonical MNIST IDX files)."""

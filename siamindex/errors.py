@@ -1,0 +1,27 @@
+"""The exceptions siamindex raises. The CLI turns each into a one-line message."""
+
+from __future__ import annotations
+
+
+class SiamIndexError(Exception):
+    """Base class: anything the user can fix gets one of these, with the fix in the message."""
+
+
+class DataError(SiamIndexError):
+    """An input file or folder is missing, damaged or not in a format we read."""
+
+
+class EncoderError(SiamIndexError):
+    """An encoder file cannot be loaded or does not fit."""
+
+
+class IndexNotFound(SiamIndexError):
+    """No index exists at the given name or path."""
+
+
+class IncompatibleIndex(SiamIndexError):
+    """An index exists but fails verification (checksums, counts, dimensions, format)."""
+
+
+class IndexLocked(SiamIndexError):
+    """Another process is writing to the index."""

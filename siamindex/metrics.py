@@ -1,0 +1,100 @@
+"""Accuracy measures on distances and neighbour lists (NumPy + scikit-learn, no TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pair_accuracy(distances: np.ndarray, is_same: np.ndarray, threshold: float) -> float:
+    """Share of pairs called right when "same" means distance < threshold (the article's rule)."""
+    return float(np.mean((np.asarray(distances) < threshold) == (np.asarray(is_same) == 1)))
+
+
+def roc_auc(distances: np.ndarray, is_same: np.ndarray) -> float:
+    """ROC AUC of "same" scored by negative distance."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.asarray(is_same) == 1, -np.asarray(distances, dtype=np.float64)))
+
+
+def max_f1_threshold(distances: np.ndarray, is_member: np.ndarray) -> tuple[float, float]:
+    """The distance threshold with the highest F1 when "member" means distance <= threshold.
+
+    The threshold returned lies halfway between the last distance accepted and the next one
+    rejected, so that it does not sit on a training point.
+
+    Returns:
+        (threshold, f1 at that threshold).
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    distances = np.asarray(distances, dtype=np.float64)
+    precision, recall, thresholds = precision_recall_curve(np.asarray(is_member) == 1, -distances)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = int(np.argmax(f1[:-1]))
+    accepted = -thresholds[best]
+    above = distances[distances > accepted]
+    threshold = (accepted + above.min()) / 2 if above.size else accepted
+    return float(threshold), float(f1[best])
+
+
+def precision_at_target(
+    distances: np.ndarray, is_member: np.ndarray, target: float
+) -> float | None:
+    """The largest distance threshold whose precision is at least ``target``, or None.
+
+    Sweeping the threshold down from "accept everything", this is the first one that reaches the
+    target: of those that do, it accepts the most claims (highest recall).
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    scores = -np.asarray(distances, dtype=np.float64)
+    precision, _, thresholds = precision_recall_curve(np.asarray(is_member) == 1, scores)
+    ok = np.flatnonzero(precision[:-1] >= target)
+    if ok.size == 0:
+        return None
+    return float(-thresholds[ok[0]])
+
+
+def classification_summary(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float | int]:
+    """Accuracy, precision, recall and F1 of boolean predictions, with the confusion counts."""
+    predicted = np.asarray(predicted, dtype=bool)
+    actual = np.asarray(actual, dtype=bool)
+    tp = int(np.sum(predicted & actual))
+    fp = int(np.sum(predicted & ~actual))
+    fn = int(np.sum(~predicted & actual))
+    tn = int(np.sum(~predicted & ~actual))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    total = tp + fp + fn + tn
+    return {
+        "accuracy": (tp + tn) / total if total else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "true_positive": tp,
+        "false_positive": fp,
+        "false_negative": fn,
+        "true_negative": tn,
+    }
+
+
+def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarray) -> float:
+    """Mean average precision at R (Musgrave et al., "A Metric Learning Reality Check").
+
+    For each query, R is the number of stored items of its class; with P(i) the precision over
+    the first i neighbours, MAP@R averages sum_{i<=R, i-th relevant} P(i) / R over queries.
+
+    Args:
+        neighbour_labels: (n, k) labels of each query's neighbours, nearest first, k >= max(r).
+        query_labels: (n,) labels of the queries.
+        r: (n,) R for each query.
+    """
+    relevant = neighbour_labels == np.asarray(query_labels)[:, None]
+    ranks = np.arange(1, relevant.shape[1] + 1)
+    within = ranks[None, :] <= np.asarray(r)[:, None]
+    relevant &= within
+    precision = np.cumsum(relevant, axis=1) / ranks[None, :]
+    return float(np.mean(np.sum(precision * relevant, axis=1) / np.asarray(r)))

@@ -1,0 +1,237 @@
+"""Encoders, the Siamese wrapper, contrastive losses, and encoder files.
+
+The encoder is a standalone Functional model taking (n, 28, 28, 1) float32 pixel values in 0..255
+(it rescales to 0..1 itself, so the file is the whole transform) and returning
+(n, embedding_dim) float32. The Siamese model only exists for training.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+from siamindex.errors import EncoderError  # noqa: E402
+
+ENCODERS = ("seed-mlp", "cnn")
+DEFAULT_EMBEDDING_DIM = {"seed-mlp": 128, "cnn": 64}
+DEFAULT_BATCH_SIZE = 1024  # images per encoder call when embedding
+
+Embedder = Callable[[np.ndarray], np.ndarray]
+
+
+@keras.saving.register_keras_serializable(package="siamindex")
+class EuclideanDistance(layers.Layer):  # type: ignore[misc]
+    """Euclidean distance between two (n, d) tensors, as (n, 1).
+
+    The square root is taken of max(sum of squares, epsilon), so its gradient stays finite
+    when the two inputs coincide.
+    """
+
+    def call(self, left: Any, right: Any) -> Any:
+        squared = ops.sum(ops.square(left - right), axis=1, keepdims=True)
+        return ops.sqrt(ops.maximum(squared, keras.backend.epsilon()))
+
+
+@keras.saving.register_keras_serializable(package="siamindex")
+class ContrastiveLoss(keras.losses.Loss):  # type: ignore[misc]
+    """Contrastive loss on pair distances: y*d^2 + (1-y)*max(margin-d, 0)^2, label 1 = same."""
+
+    def __init__(self, margin: float = 1.0, name: str = "contrastive_loss", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.margin = float(margin)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        y_true = ops.reshape(ops.cast(y_true, y_pred.dtype), (-1,))
+        distance = ops.reshape(y_pred, (-1,))
+        negative = ops.square(ops.maximum(self.margin - distance, 0.0))
+        return y_true * ops.square(distance) + (1.0 - y_true) * negative
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="siamindex")
+class InBatchContrastiveLoss(keras.losses.Loss):  # type: ignore[misc]
+    """Contrastive loss over every pair of distinct images in a batch.
+
+    ``y_true`` is the (b,) class labels and ``y_pred`` the (b, d) embeddings. A batch of b images
+    gives b(b-1)/2 pairs from b encoder passes, against one pair per two passes with a fixed pair
+    list. Same-class pairs are about a tenth of them on MNIST, so the loss is the mean of the
+    same-class term plus the mean of the different-class term, each class of pair weighing half.
+    """
+
+    def __init__(self, margin: float = 1.0, name: str = "in_batch_contrastive_loss", **kwargs: Any):
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.margin = float(margin)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        labels = ops.reshape(y_true, (-1,))
+        squared_norms = ops.sum(ops.square(y_pred), axis=1)
+        squared = (
+            squared_norms[:, None]
+            + squared_norms[None, :]
+            - 2.0 * ops.matmul(y_pred, ops.transpose(y_pred))
+        )
+        distance = ops.sqrt(ops.maximum(squared, keras.backend.epsilon()))
+        batch = ops.shape(labels)[0]
+        off_diagonal = 1.0 - ops.eye(batch, dtype=y_pred.dtype)
+        same = ops.cast(ops.equal(labels[:, None], labels[None, :]), y_pred.dtype) * off_diagonal
+        different = (1.0 - same) * off_diagonal
+        positive = ops.sum(same * ops.square(distance)) / ops.maximum(ops.sum(same), 1.0)
+        hinge = ops.square(ops.maximum(self.margin - distance, 0.0))
+        negative = ops.sum(different * hinge) / ops.maximum(ops.sum(different), 1.0)
+        return 0.5 * (positive + negative)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "margin": self.margin}
+
+
+def _seed_mlp(embedding_dim: int) -> list[layers.Layer]:
+    # Exactly the article's branch (plus the input rescaling the article did outside the model).
+    return [
+        layers.Flatten(name="flatten"),
+        layers.Dense(128, activation="relu", name="dense_1"),
+        layers.Dropout(0.3, name="dropout_1"),
+        layers.Dense(128, activation="relu", name="dense_2"),
+        layers.Dropout(0.3, name="dropout_2"),
+        layers.Dense(embedding_dim, activation="relu", name="embedding"),
+    ]
+
+
+def _cnn(embedding_dim: int) -> list[layers.Layer]:
+    # Small enough for ~10 s an epoch of 54k images on 2 CPU cores; batch norm lets it train fast.
+    return [
+        layers.Conv2D(32, 3, padding="same", use_bias=False, name="conv_1"),
+        layers.BatchNormalization(momentum=0.9, name="bn_1"),
+        layers.Activation("relu", name="relu_1"),
+        layers.MaxPooling2D(2, name="pool_1"),
+        layers.Conv2D(64, 3, padding="same", use_bias=False, name="conv_2"),
+        layers.BatchNormalization(momentum=0.9, name="bn_2"),
+        layers.Activation("relu", name="relu_2"),
+        layers.MaxPooling2D(2, name="pool_2"),
+        layers.Conv2D(128, 3, use_bias=False, name="conv_3"),
+        layers.BatchNormalization(momentum=0.9, name="bn_3"),
+        layers.Activation("relu", name="relu_3"),
+        layers.GlobalAveragePooling2D(name="pool_3"),
+        layers.Dense(128, activation="relu", name="dense_1"),
+        layers.Dense(embedding_dim, name="embedding"),
+    ]
+
+
+def build_encoder(name: str = "cnn", embedding_dim: int | None = None) -> keras.Model:
+    """Build an untrained encoder by name.
+
+    Args:
+        name: "seed-mlp" (the article's branch) or "cnn".
+        embedding_dim: output width; defaults to DEFAULT_EMBEDDING_DIM[name].
+
+    Returns:
+        A Functional model (n, 28, 28, 1) float32 in 0..255 -> (n, embedding_dim) float32.
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; expected one of {', '.join(ENCODERS)}")
+    embedding_dim = embedding_dim or DEFAULT_EMBEDDING_DIM[name]
+    inputs = keras.Input(shape=(28, 28, 1), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for layer in (_seed_mlp if name == "seed-mlp" else _cnn)(embedding_dim):
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"encoder_{name.replace('-', '_')}")
+
+
+def build_siamese(encoder: keras.Model) -> keras.Model:
+    """Apply ``encoder`` to two image inputs and output their Euclidean distance, (n, 1)."""
+    shape = tuple(encoder.input_shape[1:])
+    left = keras.Input(shape=shape, name="left")
+    right = keras.Input(shape=shape, name="right")
+    distance = EuclideanDistance(name="distance")(encoder(left), encoder(right))
+    return keras.Model([left, right], distance, name="siamese")
+
+
+def as_model_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (n, 28, 28) -> float32 (n, 28, 28, 1) pixel values in 0..255."""
+    return np.asarray(images, dtype=np.float32)[..., None]
+
+
+def embed(
+    encoder: keras.Model, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE
+) -> np.ndarray:
+    """Embed images in fixed-size chunks.
+
+    Args:
+        encoder: an encoder model.
+        images: (n, 28, 28) uint8 (or float 0..255).
+        batch_size: images per encoder call.
+
+    Returns:
+        (n, embedding_dim) float32, C-contiguous.
+    """
+    out = np.empty((len(images), embedding_dim_of(encoder)), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        chunk = as_model_input(images[start : start + batch_size])
+        out[start : start + len(chunk)] = np.asarray(encoder(chunk, training=False))
+    return out
+
+
+def embedding_dim_of(encoder: keras.Model) -> int:
+    """The width of the encoder's output."""
+    return int(encoder.output_shape[-1])
+
+
+def save_encoder(encoder: keras.Model, path: str | os.PathLike[str]) -> Path:
+    """Write the encoder as a ``.keras`` file (atomically: temp file, then rename)."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise EncoderError(
+            f"Encoder path '{path}' must end in .keras; for example models/encoder.keras."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    try:
+        encoder.save(temporary)
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def load_encoder(path: str | os.PathLike[str]) -> keras.Model:
+    """Load an encoder file with Keras ``safe_mode`` (no Lambda or arbitrary code runs).
+
+    Raises:
+        EncoderError: the file is missing, not a Keras archive, unsafe, or not an image encoder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(
+            f"Encoder file '{path}' does not exist; train one with `siamindex train --out {path}`."
+        )
+    if not zipfile.is_zipfile(path):
+        raise EncoderError(
+            f"'{path}' is not a .keras model file (not a zip archive); "
+            "pass a file written by `siamindex train`."
+        )
+    try:
+        encoder = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for bad archives; all mean "unusable"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EncoderError(
+            f"Encoder file '{path}' cannot be loaded safely: {message[:300]}"
+        ) from None
+    shape = tuple(encoder.input_shape[1:]) if hasattr(encoder, "input_shape") else None
+    if shape != (28, 28, 1) or len(encoder.output_shape) != 2:
+        raise EncoderError(
+            f"'{path}' maps {shape} to {getattr(encoder, 'output_shape', '?')}; an encoder must "
+            "map (28, 28, 1) images to (embedding_dim,) vectors."
+        )
+    return encoder

@@ -1,0 +1,106 @@
+"""Exact nearest-neighbour search with FAISS, global and per class.
+
+FAISS returns squared L2 distances; everything here returns Euclidean distances.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_QUERY_BATCH = 4096
+
+
+def _flat(vectors: np.ndarray):  # type: ignore[no-untyped-def]
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+def euclidean(squared: np.ndarray) -> np.ndarray:
+    """Euclidean distances from FAISS's squared ones (clipping round-off below zero)."""
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
+def exact_search(
+    base: np.ndarray, queries: np.ndarray, k: int, batch_size: int = DEFAULT_QUERY_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of ``base`` for each query, by exact L2 search.
+
+    Args:
+        base: (m, d) float32 stored vectors.
+        queries: (n, d) float32.
+        k: neighbours per query, 1 <= k <= m.
+        batch_size: queries per FAISS call, bounding the (batch_size, k) result memory.
+
+    Returns:
+        (distances, rows): (n, k) float32 Euclidean distances, nearest first, and (n, k) int64 rows.
+    """
+    index = _flat(base)
+    distances = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    for start in range(0, len(queries), batch_size):
+        squared, found = index.search(queries[start : start + batch_size], k)
+        distances[start : start + len(found)] = euclidean(squared)
+        rows[start : start + len(found)] = found
+    return distances, rows
+
+
+class ClassPartition:
+    """One exact FAISS index per class, answering "how far is the nearest stored member of C?".
+
+    Args:
+        vectors: (m, d) float32 stored vectors.
+        labels: (m,) integer class of each.
+    """
+
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        labels = np.asarray(labels)
+        self.rows: dict[int, np.ndarray] = {}
+        self._indexes = {}
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            self.rows[int(label)] = rows
+            self._indexes[int(label)] = _flat(vectors[rows])
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self.rows)
+
+    def nearest(
+        self, queries: np.ndarray, classes: np.ndarray, exclude_rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Distance to, and row of, the nearest stored member of each query's class.
+
+        Args:
+            queries: (n, d) float32.
+            classes: (n,) the class each query is tested against; each must be stored.
+            exclude_rows: (n,) optional stored row to skip per query (leave-one-out), or -1.
+
+        Returns:
+            (distances, rows): (n,) float32 Euclidean (inf when the class has no other member),
+            and (n,) int64 stored rows (-1 when none).
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        classes = np.asarray(classes)
+        distances = np.full(len(queries), np.inf, dtype=np.float32)
+        found_rows = np.full(len(queries), -1, dtype=np.int64)
+        k = 1 if exclude_rows is None else 2
+        for label in np.unique(classes):
+            where = np.flatnonzero(classes == label)
+            index, members = self._indexes[int(label)], self.rows[int(label)]
+            squared, local = index.search(queries[where], min(k, len(members)))
+            rows = np.where(local >= 0, members[np.maximum(local, 0)], -1)
+            if exclude_rows is not None:
+                own = rows == np.asarray(exclude_rows)[where][:, None]
+                squared = np.where(own, np.inf, squared)
+                rows = np.where(own, -1, rows)
+                pick = np.argmin(squared, axis=1)
+                squared = squared[np.arange(len(where)), pick][:, None]
+                rows = rows[np.arange(len(where)), pick][:, None]
+            distances[where] = euclidean(squared[:, 0])
+            found_rows[where] = rows[:, 0]
+        return distances, found_rows

@@ -1,0 +1,260 @@
+"""Train an encoder with contrastive loss and write it with a JSON report beside it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siamindex import model as encoders
+from siamindex.data import Dataset, load_dataset
+from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances
+from siamindex.metrics import pair_accuracy, roc_auc
+from siamindex.pairs import SEED_EVAL_SAME_FRACTION, SEED_TRAIN_SAME_FRACTION, make_pairs
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("seed", "balanced", "in-batch")
+DEFAULT_SAMPLER = {"seed-mlp": "seed", "cnn": "in-batch"}
+ARTICLE_EPOCHS = 20
+DEFAULT_EPOCHS = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings. None means "the default for this encoder/sampler"."""
+
+    encoder: str = "cnn"
+    sampler: str | None = None
+    epochs: int | None = None
+    batch_size: int = 128
+    margin: float = 1.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    embedding_dim: int | None = None
+    learning_rate: float = 1e-3
+    patience: int = 2
+    data_dir: str | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def resolved(self) -> TrainConfig:
+        """The same settings with every default filled in, and validated."""
+        if self.encoder not in encoders.ENCODERS:
+            raise ValueError(
+                f"unknown encoder {self.encoder!r}; expected one of {encoders.ENCODERS}"
+            )
+        sampler = self.sampler or DEFAULT_SAMPLER[self.encoder]
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        article = self.encoder == "seed-mlp" and sampler == "seed"
+        epochs = self.epochs or (ARTICLE_EPOCHS if article else DEFAULT_EPOCHS)
+        if epochs < 1 or self.batch_size < 2 or self.margin <= 0 or not 0 < self.val_fraction < 1:
+            raise ValueError("epochs >= 1, batch_size >= 2, margin > 0 and 0 < val_fraction < 1")
+        return TrainConfig(
+            **{
+                **asdict(self),
+                "sampler": sampler,
+                "epochs": epochs,
+                "embedding_dim": self.embedding_dim or encoders.DEFAULT_EMBEDDING_DIM[self.encoder],
+            }
+        )
+
+    @property
+    def is_article_reproduction(self) -> bool:
+        """seed-mlp with the seed sampler: exactly 20 epochs of RMSprop, no early stopping."""
+        return self.encoder == "seed-mlp" and (self.sampler or "seed") == "seed"
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced: the encoder, where it was written, and the report."""
+
+    encoder: Any
+    path: Path
+    report_path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class _Progress:
+    """A Keras callback drawing a tqdm bar per epoch on stderr, with the losses."""
+
+    def __new__(cls, epochs: int, steps: int):  # type: ignore[no-untyped-def]
+        import keras
+        from tqdm.auto import tqdm
+
+        class Progress(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.bar = tqdm(
+                    total=steps,
+                    desc=f"epoch {epoch + 1}/{epochs}",
+                    file=sys.stderr,
+                    unit="batch",
+                    leave=True,
+                    dynamic_ncols=True,
+                )
+
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                self.bar.update(1)
+                if logs and batch % 20 == 0:
+                    self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                logs = logs or {}
+                self.bar.set_postfix(
+                    loss=f"{logs.get('loss', float('nan')):.4f}",
+                    val_loss=f"{logs.get('val_loss', float('nan')):.4f}",
+                )
+                self.bar.close()
+
+        return Progress()
+
+
+def split_validation(
+    dataset: Dataset, fraction: float, rng: np.random.Generator
+) -> tuple[Dataset, Dataset]:
+    """Split off a random ``fraction`` of ``dataset`` for validation: (train, validation)."""
+    order = rng.permutation(len(dataset))
+    count = max(1, int(round(fraction * len(dataset))))
+    return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))
+
+
+def _fit(
+    config: TrainConfig,
+    encoder: Any,
+    train: Dataset,
+    val: Dataset,
+    rng: np.random.Generator,
+    progress: bool,
+) -> Any:
+    import keras
+
+    callbacks: list[Any] = []
+    if not config.is_article_reproduction:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=config.patience, restore_best_weights=True
+            )
+        )
+    if config.sampler == "in-batch":
+        x, y = encoders.as_model_input(train.images), train.labels
+        validation = (encoders.as_model_input(val.images), val.labels)
+        net, loss = encoder, encoders.InBatchContrastiveLoss(config.margin)
+    else:
+        pairs = make_pairs(
+            train.labels, config.sampler, rng, same_fraction=SEED_TRAIN_SAME_FRACTION
+        )
+        val_pairs = make_pairs(
+            val.labels, config.sampler, rng, same_fraction=SEED_EVAL_SAME_FRACTION
+        )
+        x = [encoders.as_model_input(train.images[p]) for p in (pairs.left, pairs.right)]
+        y = pairs.is_same
+        validation = (
+            [encoders.as_model_input(val.images[p]) for p in (val_pairs.left, val_pairs.right)],
+            val_pairs.is_same,
+        )
+        net, loss = encoders.build_siamese(encoder), encoders.ContrastiveLoss(config.margin)
+    if config.is_article_reproduction:
+        optimizer = keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+    else:
+        steps = config.epochs * int(np.ceil(len(y) / config.batch_size))  # type: ignore[operator]
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.05)
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    net.compile(optimizer=optimizer, loss=loss)
+    if progress:
+        callbacks.append(_Progress(config.epochs, int(np.ceil(len(y) / config.batch_size))))  # type: ignore[arg-type]
+    return net.fit(
+        x,
+        y,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=validation,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def _pair_report(
+    encoder: Any, dataset: Dataset, seed: int, same_fraction: float
+) -> tuple[float, float]:
+    vectors = encoders.embed(encoder, dataset.images)
+    pairs = make_pairs(
+        dataset.labels, "seed", np.random.default_rng(seed), same_fraction=same_fraction
+    )
+    distances = pair_distances(vectors, pairs.left, pairs.right)
+    return pair_accuracy(distances, pairs.is_same, ARTICLE_THRESHOLD), roc_auc(
+        distances, pairs.is_same
+    )
+
+
+def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainResult:
+    """Train an encoder, write it to ``out`` (.keras) and a JSON report beside it (.json).
+
+    The report holds the settings, epochs run, seconds, loss history, and pair accuracy at
+    distance 0.5 on seed-protocol pairs of the train part, the validation part and the test
+    split, with test ROC AUC.
+
+    Raises:
+        ValueError: a setting is out of range.
+        DataError: the dataset cannot be read.
+    """
+    import keras
+
+    config = config.resolved()
+    out = Path(out)
+    if out.suffix != ".keras":
+        raise ValueError(f"output path '{out}' must end in .keras")
+    keras.utils.set_random_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    full = load_dataset(config.data_dir, "train")
+    if config.train_size:
+        full = full.subset(slice(0, config.train_size))
+    test = load_dataset(config.data_dir, "test")
+    if config.test_size:
+        test = test.subset(slice(0, config.test_size))
+    train_part, val_part = split_validation(full, config.val_fraction, rng)
+
+    encoder = encoders.build_encoder(config.encoder, config.embedding_dim)
+    started = time.perf_counter()
+    history = _fit(config, encoder, train_part, val_part, rng, progress)
+    seconds = time.perf_counter() - started
+    encoders.save_encoder(encoder, out)
+
+    measured = {
+        name: _pair_report(encoder, part, config.seed + offset, fraction)
+        for offset, (name, part, fraction) in enumerate(
+            [
+                ("train", train_part, SEED_TRAIN_SAME_FRACTION),
+                ("val", val_part, SEED_EVAL_SAME_FRACTION),
+                ("test", test, SEED_EVAL_SAME_FRACTION),
+            ]
+        )
+    }
+    losses = {key: [float(v) for v in values] for key, values in history.history.items()}
+    report = {
+        "encoder_file": str(out),
+        "settings": {**asdict(config), "article_reproduction": config.is_article_reproduction},
+        "optimizer": type(history.model.optimizer).__name__,
+        "epochs_run": len(losses.get("loss", [])),
+        "best_epoch": int(np.argmin(losses["val_loss"])) + 1 if losses.get("val_loss") else None,
+        "train_seconds": round(seconds, 2),
+        "history": losses,
+        "sizes": {"train": len(train_part), "val": len(val_part), "test": len(test)},
+        "pair_threshold": ARTICLE_THRESHOLD,
+        "pair_accuracy": {name: acc for name, (acc, _) in measured.items()},
+        "roc_auc": {name: auc for name, (_, auc) in measured.items()},
+        "versions": {"keras": keras.__version__},
+    }
+    report_path = out.with_suffix(".json")
+    temporary = report_path.with_name(f".{report_path.name}.tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    temporary.replace(report_path)
+    logger.info("wrote %s and %s", out, report_path)
+    return TrainResult(encoder=encoder, path=out, report_path=report_path, report=report)

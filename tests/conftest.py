@@ -1,0 +1,54 @@
+"""Shared fixtures. Tests run on CPU, on small slices of the real MNIST files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # hide any GPU: same results everywhere
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from siamindex.data import Dataset, load_dataset  # noqa: E402
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True, type_code: int = 0x08) -> Path:
+    """Write ``array`` as an IDX file (gzipped if ``compress``)."""
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def write_idx_dataset(folder: Path, train: Dataset, test: Dataset) -> Path:
+    """Write two splits as the four MNIST-named IDX files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, split in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", split.images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", split.labels.astype(np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_train() -> Dataset:
+    return load_dataset(split="train")
+
+
+@pytest.fixture(scope="session")
+def mnist_test() -> Dataset:
+    return load_dataset(split="test")
+
+
+@pytest.fixture(scope="session")
+def small_idx_dir(
+    tmp_path_factory: pytest.TempPathFactory, mnist_train: Dataset, mnist_test: Dataset
+) -> Path:
+    """A data folder of 1,000 train and 300 test MNIST images in IDX form."""
+    folder = tmp_path_factory.mktemp("small-mnist")
+    return write_idx_dataset(
+        folder, mnist_train.subset(slice(0, 1000)), mnist_test.subset(slice(0, 300))
+    )

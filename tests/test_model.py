@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from siamindex import model
+from siamindex.errors import EncoderError
+
+
+def test_seed_mlp_is_the_articles_branch():
+    encoder = model.build_encoder("seed-mlp")
+    kinds = [
+        (type(layer).__name__, getattr(layer, "units", None), getattr(layer, "rate", None))
+        for layer in encoder.layers[2:]
+    ]
+    assert kinds == [
+        ("Flatten", None, None),
+        ("Dense", 128, None),
+        ("Dropout", None, 0.3),
+        ("Dense", 128, None),
+        ("Dropout", None, 0.3),
+        ("Dense", 128, None),
+    ]
+    assert all(
+        layer.activation.__name__ == "relu" for layer in encoder.layers if hasattr(layer, "units")
+    )
+    assert encoder.output_shape == (None, 128)
+
+
+@pytest.mark.parametrize("name, dim", [("cnn", 64), ("cnn", 16), ("seed-mlp", 32)])
+def test_encoders_map_images_to_vectors(name, dim, mnist_test):
+    encoder = model.build_encoder(name, embedding_dim=dim)
+    vectors = model.embed(encoder, mnist_test.images[:10], batch_size=3)
+    assert vectors.shape == (10, dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors[:3], model.embed(encoder, mnist_test.images[:3]), atol=1e-5)
+
+
+def test_euclidean_distance_layer():
+    left = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
+    right = np.array([[3.0, 4.0], [1.0, 1.0]], np.float32)
+    out = np.asarray(model.EuclideanDistance()(left, right))
+    np.testing.assert_allclose(out[:, 0], [5.0, np.sqrt(keras.backend.epsilon())], rtol=1e-5)
+
+
+def test_contrastive_loss_formula():
+    loss = model.ContrastiveLoss(margin=1.0)
+    distance = np.array([[0.2], [0.3], [1.5]], np.float32)
+    same = np.array([1.0, 0.0, 0.0], np.float32)
+    expected = np.mean([0.2**2, (1 - 0.3) ** 2, 0.0])
+    assert float(loss(same, distance)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_in_batch_loss_matches_a_loop():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 4)).astype(np.float32) * 0.4
+    labels = rng.integers(0, 3, size=12).astype(np.float32)
+    positive, negative = [], []
+    for i in range(12):
+        for j in range(12):
+            if i == j:
+                continue
+            d = np.linalg.norm(vectors[i] - vectors[j])
+            if labels[i] == labels[j]:
+                positive.append(d**2)
+            else:
+                negative.append(max(1.0 - d, 0.0) ** 2)
+    expected = 0.5 * (np.mean(positive) + np.mean(negative))
+    got = float(model.InBatchContrastiveLoss(margin=1.0)(labels, vectors))
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_siamese_outputs_the_distance_of_the_embeddings(mnist_test):
+    encoder = model.build_encoder("cnn", embedding_dim=8)
+    siamese = model.build_siamese(encoder)
+    left, right = mnist_test.images[:4], mnist_test.images[4:8]
+    distance = np.asarray(siamese([model.as_model_input(left), model.as_model_input(right)]))[:, 0]
+    want = np.linalg.norm(model.embed(encoder, left) - model.embed(encoder, right), axis=1)
+    np.testing.assert_allclose(distance, want, rtol=1e-4)
+
+
+def test_saved_siamese_reloads_in_safe_mode(tmp_path):
+    siamese = model.build_siamese(model.build_encoder("seed-mlp", embedding_dim=8))
+    siamese.save(tmp_path / "siamese.keras")
+    again = keras.saving.load_model(tmp_path / "siamese.keras", safe_mode=True, compile=False)
+    assert any(isinstance(layer, model.EuclideanDistance) for layer in again.layers)
+
+
+def test_saved_encoder_gives_identical_embeddings_in_a_fresh_process(tmp_path, mnist_test):
+    encoder = model.build_encoder("cnn", embedding_dim=16)
+    path = model.save_encoder(encoder, tmp_path / "encoder.keras")
+    np.save(tmp_path / "images.npy", mnist_test.images[:50])
+    np.save(tmp_path / "here.npy", model.embed(encoder, mnist_test.images[:50]))
+    script = (
+        "import numpy as np, sys; from siamindex import model; "
+        f"e = model.load_encoder(r'{path}'); "
+        f"x = np.load(r'{tmp_path / 'images.npy'}'); "
+        f"np.save(r'{tmp_path / 'there.npy'}', model.embed(e, x))"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "here.npy"), np.load(tmp_path / "there.npy"))
+
+
+def test_load_encoder_errors(tmp_path):
+    with pytest.raises(EncoderError, match="does not exist"):
+        model.load_encoder(tmp_path / "missing.keras")
+    (tmp_path / "junk.keras").write_bytes(b"not a zip at all")
+    with pytest.raises(EncoderError, match="not a zip archive"):
+        model.load_encoder(tmp_path / "junk.keras")
+
+
+def test_encoder_with_a_lambda_refuses_to_load(tmp_path):
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2.0)(x)
+    unsafe = keras.Model(inputs, keras.layers.Dense(4)(x))
+    unsafe.save(tmp_path / "unsafe.keras")
+    with pytest.raises(EncoderError, match="cannot be loaded safely"):
+        model.load_encoder(tmp_path / "unsafe.keras")
+
+
+def test_non_image_model_is_rejected(tmp_path):
+    inputs = keras.Input(shape=(10,))
+    keras.Model(inputs, keras.layers.Dense(4)(inputs)).save(tmp_path / "other.keras")
+    with pytest.raises(EncoderError, match="an encoder must map"):
+        model.load_encoder(tmp_path / "other.keras")

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siamindex import model
+from siamindex.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cnn") / "encoder.keras"
+    config = TrainConfig(encoder="cnn", epochs=2, train_size=3000, test_size=500, seed=1)
+    return train(config, out, progress=False)
+
+
+def test_cnn_training_writes_encoder_and_report(trained_cnn):
+    assert trained_cnn.path.is_file()
+    report = json.loads(trained_cnn.report_path.read_text())
+    assert report == trained_cnn.report
+    assert report["settings"]["sampler"] == "in-batch"
+    assert report["settings"]["article_reproduction"] is False
+    assert (
+        report["epochs_run"] == len(report["history"]["loss"]) == len(report["history"]["val_loss"])
+    )
+    assert report["sizes"] == {"train": 2700, "val": 300, "test": 500}
+    assert report["train_seconds"] > 0
+    for split in ("train", "val", "test"):
+        assert 0 <= report["pair_accuracy"][split] <= 1
+
+
+def test_cnn_learns_something_in_two_epochs(trained_cnn, mnist_test):
+    from siamindex.evaluation import pair_metrics
+
+    def auc(encoder):
+        vectors = model.embed(encoder, mnist_test.images[:500])
+        return pair_metrics(vectors, mnist_test.labels[:500], np.random.default_rng(0), None)[
+            "roc_auc"
+        ]
+
+    untrained = auc(model.build_encoder("cnn"))
+    assert trained_cnn.report["roc_auc"]["test"] == pytest.approx(
+        auc(trained_cnn.encoder), abs=0.03
+    )
+    assert trained_cnn.report["roc_auc"]["test"] > max(0.8, untrained + 0.1)
+    assert trained_cnn.report["history"]["loss"][-1] < trained_cnn.report["history"]["loss"][0]
+
+
+def test_saved_encoder_is_the_trained_one(trained_cnn, mnist_test):
+    again = model.load_encoder(trained_cnn.path)
+    np.testing.assert_array_equal(
+        model.embed(again, mnist_test.images[:20]),
+        model.embed(trained_cnn.encoder, mnist_test.images[:20]),
+    )
+
+
+def test_article_reproduction_uses_seed_pairs_rmsprop_and_fixed_epochs(tmp_path):
+    config = TrainConfig(encoder="seed-mlp", epochs=2, train_size=1000, test_size=200, patience=0)
+    result = train(config, tmp_path / "mlp.keras", progress=False)
+    settings = result.report["settings"]
+    assert settings["sampler"] == "seed" and settings["article_reproduction"] is True
+    assert result.report["optimizer"] == "RMSprop"
+    # No early stopping in the reproduction, even with patience 0.
+    assert result.report["epochs_run"] == 2
+
+
+def test_article_defaults_resolve_to_twenty_epochs():
+    resolved = TrainConfig(encoder="seed-mlp").resolved()
+    assert (resolved.epochs, resolved.sampler, resolved.embedding_dim) == (20, "seed", 128)
+    assert TrainConfig(encoder="seed-mlp", sampler="balanced").resolved().epochs != 20
+
+
+def test_balanced_sampler_trains_through_the_siamese_model(tmp_path):
+    config = TrainConfig(
+        encoder="cnn", sampler="balanced", epochs=1, train_size=500, test_size=100, embedding_dim=8
+    )
+    result = train(config, tmp_path / "b.keras", progress=False)
+    assert result.report["epochs_run"] == 1
+    assert model.embedding_dim_of(result.encoder) == 8
+
+
+def test_same_seed_same_pairs_same_start(tmp_path):
+    config = TrainConfig(encoder="seed-mlp", epochs=1, train_size=400, test_size=100, seed=5)
+    first = train(config, tmp_path / "a.keras", progress=False).report["history"]["loss"]
+    second = train(config, tmp_path / "b.keras", progress=False).report["history"]["loss"]
+    assert first == pytest.approx(second, rel=1e-3)
