@@ -113,7 +113,9 @@ def _with_sizes(command: F) -> F:
 @click.option("-v", "--verbose", is_flag=True, help="Log what the library is doing.")
 def cli(verbose: bool) -> None:
     """Turn a trained Siamese network into a similarity-search index."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if verbose:
+        logging.getLogger("siamindex").setLevel(logging.INFO)
 
 
 @cli.command()
@@ -251,6 +253,210 @@ def _evaluation_table(results: dict[str, Any]) -> str:
         _table(table, ("measure", "encoder", "raw pixels"))
         + f"\n\n{sizes['queries']} test queries against {sizes['stored']} stored train images."
     )
+
+
+def _parse_splits(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    splits = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [part for part in splits if part not in ("train", "test")]
+    if not splits or unknown or len(set(splits)) != len(splits):
+        raise click.BadParameter(
+            f"'{value}' must list train and/or test once each, e.g. train,test."
+        )
+    return splits
+
+
+index_option = click.option(
+    "--index",
+    "index_name",
+    default="mnist",
+    show_default=True,
+    envvar="SIAMINDEX_INDEX",
+    help="Index name (under ./indexes or $SIAMINDEX_INDEXES) or path.",
+)
+
+
+@cli.command("build-index")
+@click.option(
+    "--name",
+    default="mnist",
+    show_default=True,
+    help="Index name (written to ./indexes/NAME, or $SIAMINDEX_INDEXES/NAME) or a path.",
+)
+@click.option(
+    "--encoder",
+    "encoder_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Use this .keras encoder; without it the default encoder is trained first.",
+)
+@click.option(
+    "--splits",
+    default="train,test",
+    show_default=True,
+    callback=_parse_splits,
+    help="Which splits to index.",
+)
+@data_option
+@click.option("--resize", is_flag=True, help="Resize class-folder images that are not 28x28.")
+@click.option(
+    "--index-type",
+    default="flat",
+    show_default=True,
+    help="'flat' (exact) or a FAISS index_factory string such as IVF256,Flat or HNSW32.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Images per encoder call.",
+)
+@click.option(
+    "--target-precision",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Calibrate to the largest threshold with this precision instead of max F1.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--force", is_flag=True, help="Replace an existing index (once the new one is complete)."
+)
+@format_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_errors_to_messages
+def build_index(
+    name: str,
+    encoder_path: str | None,
+    splits: tuple[str, ...],
+    data_dir: str | None,
+    resize: bool,
+    index_type: str,
+    batch_size: int,
+    target_precision: float | None,
+    seed: int,
+    force: bool,
+    output_format: str,
+    quiet: bool,
+) -> None:
+    """Embed a dataset (default: all 70,000 MNIST images) into a FAISS index bundle."""
+    from siamindex.index import Index
+
+    try:
+        index = Index.build(
+            name,
+            encoder=encoder_path,
+            data_dir=data_dir,
+            splits=splits,
+            index_type=index_type,
+            batch_size=batch_size,
+            force=force,
+            target_precision=target_precision,
+            resize=resize,
+            progress=not quiet,
+            seed=seed,
+        )
+    except ValueError as exc:  # FAISS type or training problems
+        raise click.BadParameter(str(exc), param_hint="--index-type") from None
+    _print_info(index.info(), output_format, timings=index.build_seconds)
+
+
+@cli.command()
+@click.argument("name", default="mnist")
+@format_option
+@_errors_to_messages
+def info(name: str, output_format: str) -> None:
+    """Show what an index holds: counts, dimension, type, encoder, thresholds, versions."""
+    from siamindex.index import Index
+
+    _print_info(Index.open(name).info(), output_format)
+
+
+def _print_info(
+    facts: dict[str, Any], output_format: str, timings: dict[str, float] | None = None
+) -> None:
+    if timings:
+        facts = {**facts, "build_seconds": {k: round(v, 3) for k, v in timings.items()}}
+    if output_format == "json":
+        click.echo(json.dumps(facts, indent=2))
+        return
+    thresholds = facts["class_thresholds"]
+    splits = ", ".join(f"{name} {count}" for name, count in facts["per_split"].items())
+    rows = [
+        (name, str(count), _number(thresholds.get(name)))
+        for name, count in facts["per_class"].items()
+    ]
+    lines = [
+        f"index        {facts['path']} -> {facts['bundle']}",
+        f"count        {facts['count']} ({splits})",
+        f"vectors      {facts['embedding_dim']}-d, {facts['metric']}, "
+        f"index type {facts['index_type']}",
+        f"threshold    {_number(facts['threshold'])} ({facts['threshold_distance']} distance; "
+        f"{facts['threshold_method']})",
+        f"encoder      sha256 {facts['encoder_sha256']}",
+        f"dataset      sha256 {facts['dataset_fingerprint']}",
+        f"created      {facts['created']}, format {facts['format_version']}, "
+        f"{facts['size_bytes'] / 1e6:.1f} MB on disk",
+        "versions     " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()),
+    ]
+    if "build_seconds" in facts:
+        lines.append(
+            "build s      " + ", ".join(f"{k} {v:.2f}" for k, v in facts["build_seconds"].items())
+        )
+    click.echo("\n".join(lines) + "\n\n" + _table(rows, ("class", "count", "threshold")))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--label", required=True, help="The class of the images.")
+@click.option("--new-class", is_flag=True, help="Allow a label the index does not have yet.")
+@click.option("--resize", is_flag=True, help="Resize image files that are not 28x28.")
+@_errors_to_messages
+def add(name: str, images: tuple[str, ...], label: str, new_class: bool, resize: bool) -> None:
+    """Add images of one class to an index, without a rebuild. Prints the new ids."""
+    from siamindex.index import Index
+    from siamindex.inputs import load_images
+
+    index = Index.open(name)
+    loaded = load_images(images, resize=resize)
+    ids = index.add(loaded.pixels, label, new_class=new_class)
+    click.echo(f"added {len(ids)} image(s) as class {label}: ids {_id_list(ids)}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--ids", required=True, help="Ids to remove: 5,7,10-20.")
+@_errors_to_messages
+def remove(name: str, ids: str) -> None:
+    """Remove stored images by id, without a rebuild. Other ids do not change."""
+    from siamindex.index import Index
+
+    wanted = _parse_ids(ids)
+    Index.open(name).remove(wanted)
+    click.echo(f"removed {len(set(wanted))} id(s) from {name}")
+
+
+def _parse_ids(text: str) -> list[int]:
+    ids: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+            raise click.BadParameter(
+                f"'{part}' is not an id or range; write 5,7,10-20.", param_hint="--ids"
+            )
+        ids.extend(range(int(low), int(high or low) + 1))
+    if not ids:
+        raise click.BadParameter("no ids given; write e.g. --ids 5,7,10-20.", param_hint="--ids")
+    return ids
+
+
+def _id_list(ids: Any) -> str:
+    ids = [int(i) for i in ids]
+    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return ",".join(map(str, ids))
 
 
 def main() -> None:

@@ -19,6 +19,10 @@ class IndexNotFound(SiamIndexError):
     """No index exists at the given name or path."""
 
 
+class IndexExists(SiamIndexError):
+    """An index already exists where a new one would be written (and replacing was not asked)."""
+
+
 class IncompatibleIndex(SiamIndexError):
     """An index exists but fails verification (checksums, counts, dimensions, format)."""
 

@@ -8,18 +8,45 @@ The encoder is a standalone Functional model taking (n, 28, 28, 1) float32 pixel
 from __future__ import annotations
 
 import os
+import weakref
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter quiet
+import numpy as np
+
+from siamindex.errors import EncoderError
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (oneDNN, absl) kept off the terminal.
+
+    Those lines go straight to file descriptor 2 before any logging is set up, so the only way
+    to keep them from every command's output is to point descriptor 2 elsewhere meanwhile.
+    Import errors still surface as Python exceptions.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to protect
+        import tensorflow  # noqa: F401
+
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
-
-from siamindex.errors import EncoderError  # noqa: E402
 
 ENCODERS = ("seed-mlp", "cnn")
 DEFAULT_EMBEDDING_DIM = {"seed-mlp": 128, "cnn": 64}
@@ -174,11 +201,30 @@ def embed(
     Returns:
         (n, embedding_dim) float32, C-contiguous.
     """
+    forward = _inference_function(encoder)
     out = np.empty((len(images), embedding_dim_of(encoder)), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         chunk = as_model_input(images[start : start + batch_size])
-        out[start : start + len(chunk)] = np.asarray(encoder(chunk, training=False))
+        out[start : start + len(chunk)] = forward(chunk).numpy()
     return out
+
+
+_INFERENCE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _inference_function(encoder: keras.Model) -> Any:
+    """A traced inference graph of ``encoder`` for any batch size (one trace, then reused).
+
+    Calling a Keras model eagerly runs op by op; the traced graph embeds about 1.5x faster.
+    """
+    if encoder not in _INFERENCE:
+        import tensorflow as tf
+
+        _INFERENCE[encoder] = tf.function(
+            lambda x: encoder(x, training=False),
+            input_signature=[tf.TensorSpec((None, 28, 28, 1), tf.float32)],
+        )
+    return _INFERENCE[encoder]
 
 
 def embedding_dim_of(encoder: keras.Model) -> int:

@@ -120,3 +120,134 @@ def test_train_then_evaluate_on_a_small_subset(tmp_path, small_idx_dir):
 
     table = runner.invoke(cli, ["evaluate", "--encoder", str(out), "--data", str(small_idx_dir)])
     assert table.exit_code == 0 and "1-NN accuracy" in table.output and "raw pixels" in table.output
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    from siamindex import model
+
+    return model.save_encoder(
+        model.build_encoder("cnn", embedding_dim=8),
+        tmp_path_factory.mktemp("cli-enc") / "encoder.keras",
+    )
+
+
+def test_build_index_info_add_remove(tmp_path, tiny_encoder, small_idx_dir):
+    runner = CliRunner()
+    name = str(tmp_path / "idx")
+    result = runner.invoke(
+        cli,
+        [
+            "build-index",
+            "--name",
+            name,
+            "--encoder",
+            str(tiny_encoder),
+            "--data",
+            str(small_idx_dir),
+            "--splits",
+            "train",
+            "-q",
+            "--format",
+            "json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.output)
+    assert built["count"] == 1000 and set(built["build_seconds"]) == {
+        "embed",
+        "add",
+        "calibrate",
+        "write",
+    }
+
+    result = runner.invoke(cli, ["info", name])
+    assert result.exit_code == 0 and "1000 (train 1000)" in result.output
+
+    result = runner.invoke(
+        cli, ["add", name, "mnist:test:0-2", "--label", "7"], catch_exceptions=False
+    )
+    assert result.exit_code == 0 and "ids 1000-1002" in result.output
+    result = runner.invoke(cli, ["remove", name, "--ids", "3,1001"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    facts = json.loads(runner.invoke(cli, ["info", name, "--format", "json"]).output)
+    assert facts["count"] == 1001 and facts["per_split"] == {"added": 2, "train": 999}
+
+
+def test_index_names_resolve_under_the_indexes_folder(
+    tmp_path, tiny_encoder, small_idx_dir, monkeypatch
+):
+    monkeypatch.setenv("SIAMINDEX_INDEXES", str(tmp_path / "store"))
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build-index",
+            "--name",
+            "digits",
+            "--encoder",
+            str(tiny_encoder),
+            "--data",
+            str(small_idx_dir),
+            "--splits",
+            "test",
+            "-q",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "store" / "digits" / "manifest.json").is_file()
+    assert CliRunner().invoke(cli, ["info", "digits"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["info", "/nonexistent/idx"], 1, "No index at '/nonexistent/idx'"),
+        (["build-index", "--splits", "train,valid"], 2, "must list train and/or test"),
+        (["build-index", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
+        (["build-index", "--target-precision", "1.5"], 2, "1.5 is not in the range"),
+        (["remove", "x", "--ids", "5-2"], 2, "'5-2' is not an id or range"),
+        (["remove", "x", "--ids", "abc"], 2, "'abc' is not an id or range"),
+        (["add", "x", "mnist:test:0", "--label", "1"], 1, "No index at"),
+        (["add", "x", "--label", "1"], 2, "Missing argument 'IMAGES...'"),
+    ],
+)
+def test_index_command_errors(args, code, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIAMINDEX_INDEXES", str(tmp_path))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_build_index_refuses_to_overwrite_and_rejects_bad_types(
+    tmp_path, tiny_encoder, small_idx_dir
+):
+    runner = CliRunner()
+    base = [
+        "build-index",
+        "--name",
+        str(tmp_path / "i"),
+        "--encoder",
+        str(tiny_encoder),
+        "--data",
+        str(small_idx_dir),
+        "--splits",
+        "test",
+        "-q",
+    ]
+    assert runner.invoke(cli, base).exit_code == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    again = runner.invoke(cli, base)
+    assert again.exit_code == 1 and "already exists; pass --force" in again.output
+    bad = runner.invoke(cli, [*base, "--force", "--index-type", "IVF999999,Flat"])
+    assert bad.exit_code == 2 and "cannot train index type" in bad.output
+    bogus = runner.invoke(cli, [*base, "--force", "--index-type", "Nonsense"])
+    assert bogus.exit_code == 2 and "FAISS rejects index type 'Nonsense'" in bogus.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_info_on_a_file_path(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "afile")])
+    assert result.exit_code == 1 and "is a file, not an index folder" in result.output

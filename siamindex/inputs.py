@@ -1,0 +1,179 @@
+"""One parser for every IMAGE argument of every command.
+
+An IMAGE is one of:
+
+* a PNG or JPEG file, converted by the rule in ``siamindex.data`` (28x28 unless ``resize``);
+* a ``.npy`` file of one image (28, 28) or many (n, 28, 28): either uint8 (or another integer
+  type) with values 0..255, or float with values 0..1 (scaled by 255 and rounded);
+  ``FILE.npy:ROW`` picks one row of a stack;
+* an IDX file of images (n, 28, 28), gzipped or not;
+* a bundled dataset item or range: ``mnist:test:7``, ``mnist:train:0-999`` (both ends included).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from siamindex.data import (
+    IMAGE_SIZE,
+    IMAGE_SUFFIXES,
+    SPLITS,
+    load_dataset,
+    load_image_file,
+    read_idx,
+)
+from siamindex.errors import DataError
+
+_DATASET_ITEM = re.compile(r"^mnist:(?P<split>\w+)(?::(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
+_NPY_ROW = re.compile(r"^(?P<path>.+\.npy):(?P<row>\d+)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images read from IMAGE arguments.
+
+    Attributes:
+        pixels: (n, 28, 28) uint8.
+        names: (n,) where each came from, e.g. "digit.png", "stack.npy:3", "mnist:test:7".
+        labels: (n,) int64 true class where the source knows it (bundled data), else -1.
+    """
+
+    pixels: np.ndarray
+    names: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def pixels_from_array(array: np.ndarray, name: str) -> np.ndarray:
+    """Check an image array and return it as uint8 (n, 28, 28).
+
+    Accepts (28, 28) or (n, 28, 28); integers in 0..255, or floats in 0..1.
+
+    Raises:
+        DataError: wrong shape or type, NaN/inf, or values out of range.
+    """
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.integer)
+        or np.issubdtype(array.dtype, np.floating)
+        or array.dtype == bool
+    ):
+        raise DataError(
+            f"{name}: array has dtype {array.dtype}; expected uint8 0-255 or float 0-1."
+        )
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{name}: array has shape {array.shape}; expected (28, 28) or (n, 28, 28).")
+    if array.shape[0] == 0:
+        raise DataError(f"{name}: array holds no images.")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise DataError(f"{name}: array contains NaN or infinite values; clean it first.")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            raise DataError(
+                f"{name}: float pixels range {low:g}..{high:g}; expected 0..1 "
+                "(save 0..255 pixels as uint8 instead)."
+            )
+        return np.rint(array * 255.0).astype(np.uint8)
+    if array.dtype != np.uint8:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise DataError(f"{name}: integer pixels range {low}..{high}; expected 0..255.")
+    return array.astype(np.uint8)
+
+
+def _load_npy(path: Path, name: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"File '{path}' does not exist.") from None
+    except (ValueError, OSError, EOFError) as exc:
+        reason = (
+            "holds Python objects" if "allow_pickle" in str(exc) else "is not a valid .npy file"
+        )
+        raise DataError(f"'{path}' {reason}; save a numeric array with numpy.save.") from None
+    if not isinstance(array, np.ndarray):
+        raise DataError(f"'{path}' is not a single .npy array.")
+    return pixels_from_array(array, name)
+
+
+def _dataset_item(spec: str, match: re.Match[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    split = match["split"]
+    if split not in SPLITS:
+        raise DataError(f"'{spec}': unknown split '{split}'; use mnist:train:N or mnist:test:N.")
+    dataset = load_dataset(None, split)
+    start = int(match["start"]) if match["start"] is not None else 0
+    end = (
+        int(match["end"])
+        if match["end"] is not None
+        else (start if match["start"] is not None else len(dataset) - 1)
+    )
+    if end < start or end >= len(dataset):
+        raise DataError(
+            f"'{spec}': range {start}-{end} is outside mnist:{split} (0-{len(dataset) - 1})."
+        )
+    rows = np.arange(start, end + 1)
+    return dataset.images[rows], [f"mnist:{split}:{i}" for i in rows], dataset.labels[rows]
+
+
+def load_one(spec: str, resize: bool = False) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Read one IMAGE argument: (uint8 (n, 28, 28), names, labels or -1)."""
+    match = _DATASET_ITEM.match(spec)
+    if match:
+        return _dataset_item(spec, match)
+    if spec.startswith("mnist:"):
+        raise DataError(f"'{spec}' is not a dataset item; write mnist:test:7 or mnist:train:0-99.")
+    row_match = _NPY_ROW.match(spec)
+    if row_match:
+        stack = _load_npy(Path(row_match["path"]), row_match["path"])
+        row = int(row_match["row"])
+        if row >= len(stack):
+            raise DataError(
+                f"'{spec}': row {row} is past the end of a stack of {len(stack)} images."
+            )
+        return stack[row : row + 1], [spec], np.array([-1])
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(
+            f"Image '{spec}' does not exist; pass a PNG/JPEG, .npy or IDX file, or mnist:test:N."
+        )
+    if path.is_dir():
+        raise DataError(
+            f"'{spec}' is a folder; pass image files (a shell glob such as {spec}/*.png works)."
+        )
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return load_image_file(path, resize=resize)[None], [spec], np.array([-1])
+    if suffix == ".npy":
+        pixels = _load_npy(path, spec)
+    else:
+        array = read_idx(path)
+        if array.ndim == 1:
+            raise DataError(f"'{spec}' is an IDX label file; pass the images file.")
+        pixels = pixels_from_array(array, spec)
+    names = [spec] if len(pixels) == 1 else [f"{spec}:{i}" for i in range(len(pixels))]
+    return pixels, names, np.full(len(pixels), -1)
+
+
+def load_images(specs: Sequence[str], resize: bool = False) -> Images:
+    """Read many IMAGE arguments into one batch, in order.
+
+    Raises:
+        DataError: an argument names nothing readable; the message names it and the fix.
+    """
+    if not specs:
+        raise DataError("No images given; pass image files, .npy/IDX files, or mnist:test:N.")
+    parts = [load_one(spec, resize) for spec in specs]
+    return Images(
+        pixels=np.concatenate([p for p, _, _ in parts]),
+        names=[name for _, names, _ in parts for name in names],
+        labels=np.concatenate([labels for _, _, labels in parts]).astype(np.int64),
+    )
