@@ -11,10 +11,17 @@ from siamindex.errors import (
     IndexNotFound,
     SiamIndexError,
 )
+from siamindex.index import Index
+from siamindex.query import Comparison, Match, MembershipResult, QueryResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
+    "Index",
+    "Match",
+    "MembershipResult",
+    "QueryResult",
     "DataError",
     "EncoderError",
     "IncompatibleIndex",

@@ -5,6 +5,7 @@ TensorFlow is imported inside command bodies only, so ``--help`` and usage error
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -137,7 +138,7 @@ def cli(verbose: bool) -> None:
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Epochs (maximum, with early stopping). Default: 20 for the article, 8 for cnn.",
+    help="Epochs (maximum, with early stopping). Default: 20 for the article, 6 otherwise.",
 )
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option(
@@ -154,6 +155,14 @@ def cli(verbose: bool) -> None:
     help="Embedding width. Default: 128 for seed-mlp, 64 for cnn.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Drives every random choice.")
+@click.option(
+    "--align/--no-align",
+    "align_threshold",
+    default=True,
+    show_default=True,
+    help="Scale the output so the article's 0.5 is the best pair threshold on validation "
+    "pairs (never for the article reproduction).",
+)
 @click.option(
     "--val-fraction",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -357,7 +366,7 @@ def build_index(
         )
     except ValueError as exc:  # FAISS type or training problems
         raise click.BadParameter(str(exc), param_hint="--index-type") from None
-    _print_info(index.info(), output_format, timings=index.build_seconds)
+    _print_info(index.info(), output_format, phases=index.build_phases)
 
 
 @cli.command()
@@ -371,11 +380,9 @@ def info(name: str, output_format: str) -> None:
     _print_info(Index.open(name).info(), output_format)
 
 
-def _print_info(
-    facts: dict[str, Any], output_format: str, timings: dict[str, float] | None = None
-) -> None:
-    if timings:
-        facts = {**facts, "build_seconds": {k: round(v, 3) for k, v in timings.items()}}
+def _print_info(facts: dict[str, Any], output_format: str, phases: Any = None) -> None:
+    if phases is not None:
+        facts = {**facts, "build_seconds": phases.seconds, "build_peak_mb": phases.peak_mb}
     if output_format == "json":
         click.echo(json.dumps(facts, indent=2))
         return
@@ -400,7 +407,9 @@ def _print_info(
     ]
     if "build_seconds" in facts:
         lines.append(
-            "build s      " + ", ".join(f"{k} {v:.2f}" for k, v in facts["build_seconds"].items())
+            "build s      "
+            + ", ".join(f"{k} {v:.2f}" for k, v in facts["build_seconds"].items())
+            + f" (total {sum(facts['build_seconds'].values()):.2f})"
         )
     click.echo("\n".join(lines) + "\n\n" + _table(rows, ("class", "count", "threshold")))
 
@@ -457,6 +466,279 @@ def _id_list(ids: Any) -> str:
     if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}"
     return ",".join(map(str, ids))
+
+
+output_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="A readable table, or JSON / CSV for programs.",
+)
+resize_option = click.option(
+    "--resize", is_flag=True, help="Resize image files that are not 28x28."
+)
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+
+
+def _emit_csv(header: list[str], rows: list[list[Any]]) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    click.echo(buffer.getvalue(), nl=False)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@index_option
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Matches per image."
+)
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit.")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search breadth.")
+@resize_option
+@output_option
+@quiet_option
+@_errors_to_messages
+def query(
+    images: tuple[str, ...],
+    index_name: str,
+    k: int,
+    nprobe: int | None,
+    ef_search: int | None,
+    resize: bool,
+    output_format: str,
+    quiet: bool,
+) -> None:
+    """The k nearest stored images of each IMAGE, and its predicted class.
+
+    IMAGE is a PNG/JPEG file, a .npy file (one image or a stack; FILE.npy:ROW for one row), an
+    IDX file, or a dataset item/range such as mnist:test:0-99. "no match" means even the nearest
+    stored image is beyond the calibrated threshold.
+    """
+    from siamindex.index import Index
+    from siamindex.inputs import load_images
+
+    index = Index.open(index_name)
+    loaded = load_images(images, resize=resize)
+    try:
+        results = index.query(
+            loaded.pixels, k, loaded.names, nprobe=nprobe, ef_search=ef_search, progress=not quiet
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--nprobe/--ef-search") from None
+    if output_format == "json":
+        click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+        return
+    header = ["query", "predicted", "rank", "id", "label", "split", "distance"]
+    rows = [
+        [r.query, r.predicted or "no match", m.rank, m.id, m.label, m.split, f"{m.distance:.4f}"]
+        for r in results
+        for m in r.matches
+    ]
+    if output_format == "csv":
+        _emit_csv(header, rows)
+        return
+    click.echo(_table([tuple(map(str, row)) for row in rows], tuple(header)))
+    threshold = results[0].threshold if results else float("nan")
+    click.echo(
+        f"\n{len(results)} quer{'y' if len(results) == 1 else 'ies'}; "
+        f"threshold {threshold:.4f} (Euclidean): beyond it a query is 'no match'."
+    )
+
+
+@cli.command()
+@click.argument("images", nargs=-1)
+@click.option(
+    "--class", "group", default=None, help="The class every IMAGE is claimed to belong to."
+)
+@click.option(
+    "--claims",
+    "claims_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CSV with columns image,class and optionally label (the true class).",
+)
+@index_option
+@click.option("--per-class", is_flag=True, help="Use each class's calibrated threshold.")
+@resize_option
+@output_option
+@quiet_option
+@_errors_to_messages
+def check(
+    images: tuple[str, ...],
+    group: str | None,
+    claims_file: str | None,
+    index_name: str,
+    per_class: bool,
+    resize: bool,
+    output_format: str,
+    quiet: bool,
+) -> None:
+    """Answer claims "this image belongs to class C", in batches.
+
+    Either --class C with IMAGE arguments, or --claims FILE.csv. A claim is true when the
+    nearest stored member of C is within the threshold. Exit code 0 even when claims are false.
+    """
+    if (group is None) == (claims_file is None):
+        raise click.UsageError("Give either --class C with IMAGE arguments, or --claims FILE.csv.")
+    if group is not None and not images:
+        raise click.UsageError(
+            "--class needs IMAGE arguments, e.g. siamindex check --class 7 a.png."
+        )
+    if claims_file is not None and images:
+        raise click.UsageError("--claims takes its images from the CSV; drop the IMAGE arguments.")
+    from siamindex.index import Index
+    from siamindex.inputs import load_images, read_claims
+    from siamindex.query import membership_summary
+
+    index = Index.open(index_name)
+    if claims_file is not None:
+        claims = read_claims(claims_file, resize=resize)
+        _check_claim_classes(index, claims, claims_file)
+        pixels, names, classes, labels = (
+            claims.images.pixels,
+            claims.images.names,
+            claims.classes,
+            claims.labels,
+        )
+    else:
+        loaded = load_images(images, resize=resize)
+        pixels, names, classes = loaded.pixels, loaded.names, [str(group)] * len(loaded)
+        labels = [
+            index.store.class_names[t] if 0 <= t < len(index.store.class_names) else None
+            for t in loaded.labels
+        ]
+    results = index.check(pixels, classes, per_class, names, labels, progress=not quiet)
+    summary = membership_summary(results)
+    if output_format == "json":
+        click.echo(
+            json.dumps(
+                {"results": [dataclasses.asdict(r) for r in results], "summary": summary}, indent=2
+            )
+        )
+        return
+    header = [
+        "image",
+        "class",
+        "member",
+        "distance",
+        "threshold",
+        "threshold_kind",
+        "nearest_id",
+        "true_label",
+    ]
+    rows = [
+        [
+            r.query,
+            r.group,
+            str(r.is_member).lower(),
+            f"{r.distance:.4f}",
+            f"{r.threshold:.4f}",
+            r.threshold_kind,
+            r.nearest_id,
+            r.true_label or "",
+        ]
+        for r in results
+    ]
+    if output_format == "csv":
+        _emit_csv(header, rows)
+        return
+    if len(rows) <= 200:
+        click.echo(_table([tuple(map(str, row)) for row in rows], tuple(header)))
+    members = sum(r.is_member for r in results)
+    click.echo(f"\n{len(results)} claims: {members} true, {len(results) - members} false.")
+    if summary:
+        click.echo(_summary_table(summary))
+
+
+def _check_claim_classes(index: Any, claims: Any, path: str) -> None:
+    known = set(index.store.class_names)
+    for line, group, label in zip(claims.lines, claims.classes, claims.labels, strict=True):
+        for what, value in (("class", group), ("label", label)):
+            if value is not None and value not in known:
+                raise click.ClickException(
+                    f"{path}, line {line}: unknown {what} '{value}'; this index has classes "
+                    f"{', '.join(index.store.class_names[:20])}."
+                )
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    columns = ("accuracy", "precision", "recall", "f1")
+    rows = [("all", *(_number(summary[c]) for c in columns))]
+    rows += [
+        (name, *(_number(part[c]) for c in columns)) for name, part in summary["per_class"].items()
+    ]
+    counts = (
+        f"confusion: {summary['true_positive']} true positives, {summary['false_positive']} "
+        f"false positives, {summary['false_negative']} false negatives, "
+        f"{summary['true_negative']} true negatives"
+    )
+    return "\n" + _table(rows, ("class", *columns)) + "\n" + counts
+
+
+@cli.command()
+@click.argument("first")
+@click.argument("second")
+@index_option
+@click.option(
+    "--encoder",
+    "encoder_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Compare with this encoder instead of an index's (threshold: the article's 0.5).",
+)
+@resize_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+@_errors_to_messages
+def compare(
+    first: str,
+    second: str,
+    index_name: str,
+    encoder_path: str | None,
+    resize: bool,
+    output_format: str,
+) -> None:
+    """Distance between two images and the verdict "same" or "different"."""
+    from siamindex.inputs import load_images
+
+    pair = load_images([first, second], resize=resize)
+    if len(pair) != 2:
+        raise click.UsageError("compare takes exactly two images; name single rows (FILE.npy:ROW).")
+    if encoder_path:
+        from siamindex.evaluation import ARTICLE_THRESHOLD
+        from siamindex.model import embed, load_encoder
+        from siamindex.query import compare as compare_vectors
+
+        vectors = embed(load_encoder(encoder_path), pair.pixels)
+        result = compare_vectors(
+            vectors[0], vectors[1], (pair.names[0], pair.names[1]), ARTICLE_THRESHOLD
+        )
+    else:
+        from siamindex.index import Index
+
+        result = Index.open(index_name).compare(
+            pair.pixels[0], pair.pixels[1], (pair.names[0], pair.names[1])
+        )
+    if output_format == "json":
+        click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    verdict = "same" if result.same else "different"
+    click.echo(
+        f"{result.first} vs {result.second}: distance {result.distance:.4f}, "
+        f"threshold {result.threshold:.4f} -> {verdict}"
+    )
 
 
 def main() -> None:

@@ -6,13 +6,14 @@ The encoder (and so TensorFlow) is loaded only when images must be embedded; ``o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,14 @@ from siamindex import store as bundles
 from siamindex.data import SPLITS, load_dataset
 from siamindex.errors import DataError, IncompatibleIndex, IndexExists
 from siamindex.evaluation import calibrate
+from siamindex.query import (
+    Comparison,
+    MembershipResult,
+    QueryResult,
+    check_membership,
+    compare,
+    nearest,
+)
 from siamindex.search import ClassPartition
 from siamindex.store import IndexStore, Rows
 
@@ -64,17 +73,64 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
+def embed_images(encoder: Any, images: np.ndarray, batch_size: int, progress: bool) -> np.ndarray:
+    """Embed in chunks, with a progress bar on stderr for large batches (5,000+ images)."""
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=total,
-        desc=desc,
+    from siamindex.model import embed
+
+    step = batch_size * 4
+    chunks = []
+    show = progress and len(images) >= 5000
+    with tqdm(
+        total=len(images),
+        desc="embedding",
         unit="img",
         file=sys.stderr,
-        disable=not enabled or total < 5000,
+        disable=not show,
         dynamic_ncols=True,
-    )
+    ) as bar:
+        for start in range(0, len(images), step):
+            chunks.append(embed(encoder, images[start : start + step], batch_size))
+            bar.update(len(chunks[-1]))
+    return np.concatenate(chunks)
+
+
+class Phases:
+    """Seconds and peak memory (MB of resident memory, Linux only) of named build phases."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        _reset_peak_memory()
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 3)
+        peak = _peak_memory_mb()
+        if peak is not None:
+            self.peak_mb[name] = peak
+
+
+def _reset_peak_memory() -> None:
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_memory_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 class Index:
@@ -166,7 +222,8 @@ class Index:
                     if encoder
                     else _train_default(Path(scratch), train_config, progress)
                 )
-                store, timings = _make_store(
+                phases = Phases()
+                store = _make_store(
                     encoder_file,
                     data_dir,
                     splits,
@@ -176,13 +233,13 @@ class Index:
                     resize,
                     progress,
                     seed,
+                    phases,
                 )
-                started = time.perf_counter()
-                bundles.publish(path, lambda into: store.write(into, encoder_file), force=force)
-                timings["write"] = time.perf_counter() - started
-        logger.info("built %s: %s", path, {k: round(v, 2) for k, v in timings.items()})
+                with phases("write"):
+                    bundles.publish(path, lambda into: store.write(into, encoder_file), force=force)
+        logger.info("built %s: %s", path, phases.seconds)
         index = cls.open(path)
-        index.build_seconds = timings
+        index.build_phases = phases
         return index
 
     # -- using -----------------------------------------------------------------------------
@@ -202,11 +259,76 @@ class Index:
             self._encoder = encoder
         return self._encoder
 
-    def embed(self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """Embed uint8 (n, 28, 28) images with the index's encoder: (n, embedding_dim) float32."""
-        from siamindex.model import embed
+    def embed(
+        self, images: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False
+    ) -> np.ndarray:
+        """Embed uint8 (n, 28, 28) images with the index's encoder: (n, embedding_dim) float32.
 
-        return embed(self.encoder, images, batch_size)
+        Identical images are embedded once. ``progress`` shows a bar for large batches.
+        """
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        unique, inverse = np.unique(images.reshape(len(images), -1), axis=0, return_inverse=True)
+        unique = unique.reshape(-1, *images.shape[1:])
+        vectors = embed_images(self.encoder, unique, batch_size, progress)
+        return vectors[inverse.reshape(-1)]
+
+    def query(
+        self,
+        images: np.ndarray,
+        k: int = 5,
+        names: Sequence[str] | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        progress: bool = False,
+    ) -> list[QueryResult]:
+        """The k nearest stored images of each image, with the predicted class or "no match".
+
+        Raises:
+            DataError: k is not between 1 and the index size.
+        """
+        if not 1 <= k <= len(self.store.rows):
+            raise DataError(
+                f"k must be between 1 and the index size ({len(self.store.rows)}); got {k}."
+            )
+        names = list(names) if names is not None else [str(i) for i in range(len(images))]
+        vectors = self.embed(images, progress=progress)
+        return nearest(self.store, vectors, names, k, nprobe=nprobe, ef_search=ef_search)
+
+    def check(
+        self,
+        images: np.ndarray,
+        classes: Sequence[str],
+        per_class: bool = False,
+        names: Sequence[str] | None = None,
+        true_labels: Sequence[str | None] | None = None,
+        progress: bool = False,
+    ) -> list[MembershipResult]:
+        """Answer "image i belongs to class classes[i]" for each i (one embedding pass, then
+        class-restricted exact search in FAISS).
+
+        Raises:
+            DataError: a class (claimed or true) is not in the index.
+        """
+        if len(classes) != len(images):
+            raise DataError(
+                f"{len(images)} images but {len(classes)} classes; give one class per image."
+            )
+        groups = np.array([self.class_index(c) for c in classes], dtype=np.int64)
+        truth = None
+        if true_labels is not None:
+            truth = np.array([-1 if t is None else self.class_index(t) for t in true_labels])
+        names = list(names) if names is not None else [str(i) for i in range(len(images))]
+        vectors = self.embed(images, progress=progress)
+        return check_membership(
+            self.store, self.partition, vectors, names, groups, per_class, truth
+        )
+
+    def compare(
+        self, first: np.ndarray, second: np.ndarray, names: tuple[str, str] = ("a", "b")
+    ) -> Comparison:
+        """Distance between two (28, 28) images and the verdict at the index's threshold."""
+        vectors = self.embed(np.stack([first, second]))
+        return compare(vectors[0], vectors[1], names, self.store.threshold)
 
     @property
     def partition(self) -> ClassPartition:
@@ -352,53 +474,37 @@ def _make_store(
     resize: bool,
     progress: bool,
     seed: int,
-) -> tuple[IndexStore, dict[str, float]]:
+    phases: Phases,
+) -> IndexStore:
     from siamindex.data import sha256_file
-    from siamindex.model import embed, load_encoder
+    from siamindex.model import load_encoder
 
-    encoder = load_encoder(encoder_file)
-    datasets = [load_dataset(data_dir, split, resize=resize) for split in splits]
-    class_names = datasets[0].class_names
-    for dataset in datasets[1:]:
-        if dataset.class_names != class_names:
+    with phases("load"):
+        encoder = load_encoder(encoder_file)
+        datasets = [load_dataset(data_dir, split, resize=resize) for split in splits]
+        if any(d.class_names != datasets[0].class_names for d in datasets[1:]):
             raise DataError(
                 f"Splits of '{data_dir}' have different classes; give every split the same "
                 "class folders."
             )
-    images = np.concatenate([d.images for d in datasets])
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    with _progress(len(images), "embedding", progress) as bar:
-        chunks = []
-        for start in range(0, len(images), batch_size * 8):
-            chunk = images[start : start + batch_size * 8]
-            chunks.append(embed(encoder, chunk, batch_size))
-            bar.update(len(chunk))
-        vectors = np.concatenate(chunks)
-    timings["embed"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    labels = np.concatenate([d.labels for d in datasets])
-    split_names = np.concatenate([np.full(len(d), d.split) for d in datasets])
-    hashes = bundles.image_hashes(images)
-    rows = Rows(
-        ids=np.arange(len(images), dtype=np.int64),
-        labels=labels,
-        split=split_names,
-        source_index=np.concatenate([d.source_index for d in datasets]),
-        image_sha256=hashes,
-        embeddings=vectors,
-    )
-    store = IndexStore.create(rows, class_names, index_type, seed=seed)
-    timings["add"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    calibration = calibrate(
-        vectors, labels, np.random.default_rng(seed), target_precision=target_precision
-    )
+        images = np.concatenate([d.images for d in datasets])
+    with phases("embed"):
+        vectors = embed_images(encoder, images, batch_size, progress)
+    with phases("add"):
+        rows = Rows(
+            ids=np.arange(len(images), dtype=np.int64),
+            labels=np.concatenate([d.labels for d in datasets]),
+            split=np.concatenate([np.full(len(d), d.split) for d in datasets]),
+            source_index=np.concatenate([d.source_index for d in datasets]),
+            image_sha256=bundles.image_hashes(images),
+            embeddings=vectors,
+        )
+        store = IndexStore.create(rows, datasets[0].class_names, index_type, seed=seed)
+    with phases("calibrate"):
+        rng = np.random.default_rng(seed)
+        calibration = calibrate(vectors, rows.labels, rng, target_precision=target_precision)
     for label, threshold in calibration["per_class"].items():  # type: ignore[union-attr]
         store.class_thresholds[label] = threshold
-    timings["calibrate"] = time.perf_counter() - started
     store.attrs.update(
         {
             "metric": "l2",
@@ -409,7 +515,7 @@ def _make_store(
             "threshold_f1": calibration["f1"],
             "target_precision": -1.0 if target_precision is None else float(target_precision),
             "encoder_sha256": sha256_file(encoder_file),
-            "dataset_fingerprint": dataset_fingerprint(hashes, labels, split_names),
+            "dataset_fingerprint": dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),
             "source": datasets[0].source,
             "splits": list(splits),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -417,4 +523,4 @@ def _make_store(
             "embedding_dim": int(vectors.shape[1]),
         }
     )
-    return store, timings
+    return store

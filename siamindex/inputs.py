@@ -92,6 +92,9 @@ def pixels_from_array(array: np.ndarray, name: str) -> np.ndarray:
 
 def _load_npy(path: Path, name: str) -> np.ndarray:
     try:
+        with open(path, "rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                raise DataError(f"'{path}' is not a valid .npy file; save arrays with numpy.save.")
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"File '{path}' does not exist.") from None
@@ -131,15 +134,8 @@ def load_one(spec: str, resize: bool = False) -> tuple[np.ndarray, list[str], np
         return _dataset_item(spec, match)
     if spec.startswith("mnist:"):
         raise DataError(f"'{spec}' is not a dataset item; write mnist:test:7 or mnist:train:0-99.")
-    row_match = _NPY_ROW.match(spec)
-    if row_match:
-        stack = _load_npy(Path(row_match["path"]), row_match["path"])
-        row = int(row_match["row"])
-        if row >= len(stack):
-            raise DataError(
-                f"'{spec}': row {row} is past the end of a stack of {len(stack)} images."
-            )
-        return stack[row : row + 1], [spec], np.array([-1])
+    if _NPY_ROW.match(spec):
+        return load_one_cached(spec, resize, {})
     path = Path(spec)
     if not path.exists():
         raise DataError(
@@ -177,3 +173,104 @@ def load_images(specs: Sequence[str], resize: bool = False) -> Images:
         names=[name for _, names, _ in parts for name in names],
         labels=np.concatenate([labels for _, _, labels in parts]).astype(np.int64),
     )
+
+
+@dataclass(frozen=True)
+class ClaimsFile:
+    """Claims read from a CSV: "image i belongs to class classes[i]" (truth in labels[i])."""
+
+    images: Images
+    classes: list[str]
+    labels: list[str | None]
+    lines: list[int]
+
+
+def read_claims(path: str | Path, resize: bool = False) -> ClaimsFile:
+    """Read a claims CSV with columns ``image`` and ``class`` and an optional ``label``.
+
+    ``image`` takes any IMAGE form, or ``FILE.npy:ROW``; relative paths are taken from the
+    CSV's own folder. Blank lines are skipped; a UTF-8 byte-order mark is allowed. Each file
+    named in the CSV is read once.
+
+    Raises:
+        DataError: the file is missing or not CSV, a column is missing, or a row is malformed
+            (the message gives its line number).
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"Claims file '{path}' does not exist.") from None
+    except (UnicodeDecodeError, IsADirectoryError, OSError) as exc:
+        raise DataError(
+            f"Claims file '{path}' is not a UTF-8 text CSV ({type(exc).__name__})."
+        ) from None
+    reader = csv.reader(text.splitlines())
+    header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    columns = [cell.strip().lower() for cell in header or []]
+    missing = [name for name in ("image", "class") if name not in columns]
+    if missing:
+        raise DataError(
+            f"Claims file '{path}' lacks column(s) {', '.join(missing)}; its first line must be a "
+            "header such as image,class or image,class,label."
+        )
+    where = {name: columns.index(name) for name in ("image", "class", "label") if name in columns}
+    cache: dict[str, tuple[np.ndarray, list[str], np.ndarray]] = {}
+    pixels, names, classes, labels, lines = [], [], [], [], []
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(columns):
+            raise DataError(
+                f"{path}, line {line}: {len(row)} fields but the header has {len(columns)}."
+            )
+        image, group = row[where["image"]].strip(), row[where["class"]].strip()
+        if not image or not group:
+            raise DataError(f"{path}, line {line}: empty image or class field.")
+        spec = _relative_to(image, path.parent)
+        try:
+            if spec not in cache:
+                cache[spec] = load_one_cached(spec, resize, cache)
+            loaded = cache[spec]
+        except DataError as exc:
+            raise DataError(f"{path}, line {line}: {exc}") from None
+        if len(loaded[0]) != 1:
+            raise DataError(
+                f"{path}, line {line}: '{image}' holds {len(loaded[0])} images; name one, "
+                "e.g. FILE.npy:ROW or mnist:test:N."
+            )
+        pixels.append(loaded[0][0])
+        names.append(image)
+        classes.append(group)
+        label = row[where["label"]].strip() if "label" in where else ""
+        labels.append(label or None)
+        lines.append(line)
+    if not pixels:
+        raise DataError(f"Claims file '{path}' has a header but no claims.")
+    images = Images(np.stack(pixels), names, np.full(len(names), -1, dtype=np.int64))
+    return ClaimsFile(images, classes, labels, lines)
+
+
+def _relative_to(spec: str, folder: Path) -> str:
+    if spec.startswith("mnist:") or Path(spec).is_absolute():
+        return spec
+    return str(folder / spec)
+
+
+def load_one_cached(
+    spec: str, resize: bool, cache: dict[str, tuple[np.ndarray, list[str], np.ndarray]]
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``load_one``, reading each ``FILE.npy`` of ``FILE.npy:ROW`` forms only once."""
+    row_match = _NPY_ROW.match(spec)
+    if not row_match:
+        return load_one(spec, resize)
+    whole = row_match["path"]
+    if whole not in cache:
+        cache[whole] = (_load_npy(Path(whole), whole), [whole], np.array([-1]))
+    stack, row = cache[whole][0], int(row_match["row"])
+    if row >= len(stack):
+        raise DataError(f"'{spec}': row {row} is past the end of a stack of {len(stack)} images.")
+    return stack[row : row + 1], [spec], np.array([-1])

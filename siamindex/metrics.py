@@ -10,6 +10,31 @@ def pair_accuracy(distances: np.ndarray, is_same: np.ndarray, threshold: float) 
     return float(np.mean((np.asarray(distances) < threshold) == (np.asarray(is_same) == 1)))
 
 
+def max_accuracy_threshold(distances: np.ndarray, is_same: np.ndarray) -> tuple[float, float]:
+    """The threshold t with the highest pair accuracy when "same" means distance < t.
+
+    Candidates are the midpoints between consecutive sorted distances (and the two ends).
+
+    Returns:
+        (threshold, accuracy at it).
+    """
+    order = np.argsort(distances, kind="stable")
+    d = np.asarray(distances, dtype=np.float64)[order]
+    same = (np.asarray(is_same) == 1)[order]
+    # Calling the first i pairs "same": correct = same among them + different among the rest.
+    correct = np.concatenate([[0], np.cumsum(same)]) + np.concatenate(
+        [np.cumsum((~same)[::-1])[::-1], [0]]
+    )
+    best = int(np.argmax(correct))
+    if best == 0:
+        threshold = d[0] / 2
+    elif best == len(d):
+        threshold = d[-1] + 1.0
+    else:
+        threshold = (d[best - 1] + d[best]) / 2
+    return float(threshold), float(correct[best] / len(d))
+
+
 def roc_auc(distances: np.ndarray, is_same: np.ndarray) -> float:
     """ROC AUC of "same" scored by negative distance."""
     from sklearn.metrics import roc_auc_score

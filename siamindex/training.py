@@ -15,7 +15,7 @@ import numpy as np
 from siamindex import model as encoders
 from siamindex.data import Dataset, load_dataset
 from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances
-from siamindex.metrics import pair_accuracy, roc_auc
+from siamindex.metrics import max_accuracy_threshold, pair_accuracy, roc_auc
 from siamindex.pairs import SEED_EVAL_SAME_FRACTION, SEED_TRAIN_SAME_FRACTION, make_pairs
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 SAMPLERS = ("seed", "balanced", "in-batch")
 DEFAULT_SAMPLER = {"seed-mlp": "seed", "cnn": "in-batch"}
 ARTICLE_EPOCHS = 20
-DEFAULT_EPOCHS = 8
+DEFAULT_EPOCHS = 6
+ARTICLE_LEARNING_RATE = 1e-3  # RMSprop, as in the article
+DEFAULT_LEARNING_RATE = 2e-3  # Adam with cosine decay
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,12 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     embedding_dim: int | None = None
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     patience: int = 2
     data_dir: str | None = None
     train_size: int | None = None
     test_size: int | None = None
+    align_threshold: bool = True
 
     def resolved(self) -> TrainConfig:
         """The same settings with every default filled in, and validated."""
@@ -62,6 +65,8 @@ class TrainConfig:
                 **asdict(self),
                 "sampler": sampler,
                 "epochs": epochs,
+                "learning_rate": self.learning_rate
+                or (ARTICLE_LEARNING_RATE if article else DEFAULT_LEARNING_RATE),
                 "embedding_dim": self.embedding_dim or encoders.DEFAULT_EMBEDDING_DIM[self.encoder],
             }
         )
@@ -194,6 +199,31 @@ def _pair_report(
     )
 
 
+def align_to_threshold(encoder: Any, val: Dataset, seed: int) -> tuple[Any, float]:
+    """Scale the encoder's output so that the article's fixed 0.5 is its best pair threshold.
+
+    The threshold that maximises pair accuracy on seed-protocol pairs of the validation part
+    (never the test split) is mapped to 0.5 by a final Rescaling layer. Distances keep their
+    order, so neighbours and every calibrated index threshold are unaffected; only the
+    article's fixed-threshold pair accuracy depends on it.
+
+    Returns:
+        (the scaled encoder, the scale).
+    """
+    import keras
+
+    vectors = encoders.embed(encoder, val.images)
+    pairs = make_pairs(
+        val.labels, "seed", np.random.default_rng(seed), same_fraction=SEED_EVAL_SAME_FRACTION
+    )
+    best, _ = max_accuracy_threshold(
+        pair_distances(vectors, pairs.left, pairs.right), pairs.is_same
+    )
+    scale = float(ARTICLE_THRESHOLD / best)
+    outputs = keras.layers.Rescaling(scale, name="threshold_alignment")(encoder.output)
+    return keras.Model(encoder.input, outputs, name=encoder.name), scale
+
+
 def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainResult:
     """Train an encoder, write it to ``out`` (.keras) and a JSON report beside it (.json).
 
@@ -225,6 +255,9 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
     started = time.perf_counter()
     history = _fit(config, encoder, train_part, val_part, rng, progress)
     seconds = time.perf_counter() - started
+    scale = 1.0
+    if config.align_threshold and not config.is_article_reproduction:
+        encoder, scale = align_to_threshold(encoder, val_part, config.seed)
     encoders.save_encoder(encoder, out)
 
     measured = {
@@ -242,6 +275,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         "encoder_file": str(out),
         "settings": {**asdict(config), "article_reproduction": config.is_article_reproduction},
         "optimizer": type(history.model.optimizer).__name__,
+        "output_scale": scale,
         "epochs_run": len(losses.get("loss", [])),
         "best_epoch": int(np.argmin(losses["val_loss"])) + 1 if losses.get("val_loss") else None,
         "train_seconds": round(seconds, 2),

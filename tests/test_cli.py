@@ -156,6 +156,7 @@ def test_build_index_info_add_remove(tmp_path, tiny_encoder, small_idx_dir):
     assert result.exit_code == 0, result.output
     built = json.loads(result.output)
     assert built["count"] == 1000 and set(built["build_seconds"]) == {
+        "load",
         "embed",
         "add",
         "calibrate",

@@ -129,3 +129,13 @@ def test_calibration_separates_well_separated_classes():
     # Same-class neighbours lie ~0.4 apart, other classes >= the smallest gap between centres.
     assert 0.3 < result["threshold"] < gaps[gaps > 0].min()
     assert set(result["per_class"]) == set(range(5))
+
+
+def test_max_accuracy_threshold_matches_a_scan():
+    rng = np.random.default_rng(0)
+    distances = np.concatenate([rng.normal(0.4, 0.15, 300), rng.normal(1.0, 0.2, 500)])
+    same = np.concatenate([np.ones(300), np.zeros(500)])
+    threshold, accuracy = metrics.max_accuracy_threshold(distances, same)
+    scan = max(metrics.pair_accuracy(distances, same, t) for t in np.linspace(0, 2, 4001))
+    assert accuracy == pytest.approx(metrics.pair_accuracy(distances, same, threshold))
+    assert accuracy >= scan - 1e-12

@@ -1,0 +1,112 @@
+"""Training benchmark: the article's model reproduced, the default encoder, and raw pixels.
+
+Trains each model (median of --repeats runs for times), then measures it on the MNIST test split
+against the train split with ``siamindex.evaluation.evaluate`` (the same code as
+``siamindex evaluate``), raw pixels measured in the same run as the baseline.
+
+    python tools/bench_train.py --repeats 3 --out-dir models/bench
+
+Prints a table and writes ``bench_train.json`` into --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+from pathlib import Path
+
+from benchlib import markdown_table
+
+from siamindex import model
+from siamindex.evaluation import evaluate
+from siamindex.training import TrainConfig, train
+
+RUNS = {
+    "article (seed-mlp, seed pairs, 20 epochs)": TrainConfig(encoder="seed-mlp"),
+    "default (cnn, in-batch pairs)": TrainConfig(),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="training runs per model (seeds 0..)"
+    )
+    parser.add_argument("--out-dir", default="models/bench")
+    parser.add_argument("--only", choices=["article", "default"], default=None)
+    args = parser.parse_args()
+    out_dir = Path(args.out_dir)
+    results: dict[str, dict[str, object]] = {}
+    for label, config in RUNS.items():
+        if args.only and not label.startswith(args.only):
+            continue
+        runs = []
+        for seed in range(args.repeats):
+            path = out_dir / f"{config.encoder}-seed{seed}.keras"
+            runs.append(
+                train(TrainConfig(**{**config.__dict__, "seed": seed}), path, progress=False)
+            )
+        seconds = [r.report["train_seconds"] for r in runs]
+        best = runs[0]
+        measured = evaluate(functools.partial(model.embed, model.load_encoder(best.path)), seed=0)
+        results[label] = {
+            "encoder_file": str(best.path),
+            "train_seconds_median": statistics.median(seconds),
+            "train_seconds": seconds,
+            "epochs_run": [r.report["epochs_run"] for r in runs],
+            "test_pair_accuracy_from_training": [r.report["pair_accuracy"]["test"] for r in runs],
+            "evaluation": measured,
+        }
+    (out_dir / "bench_train.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def table(results: dict[str, dict[str, object]]) -> str:
+    header = (
+        "model",
+        "train s (median)",
+        "epochs",
+        "pair acc @0.5",
+        "ROC AUC",
+        "1-NN",
+        "MAP@R",
+        "membership F1",
+    )
+    rows = []
+    pixels = None
+    for label, result in results.items():
+        evaluation = result["evaluation"]
+        encoder = evaluation["encoder"]  # type: ignore[index]
+        pixels = evaluation["raw_pixels"]  # type: ignore[index]
+        rows.append(
+            (
+                label,
+                f"{result['train_seconds_median']:.0f}",
+                result["epochs_run"],
+                f"{encoder['pair_accuracy']:.4f}",
+                f"{encoder['roc_auc']:.4f}",
+                f"{encoder['one_nn_accuracy']:.4f}",
+                f"{encoder['map_at_r']:.4f}",
+                f"{encoder['membership']['f1']:.4f}",
+            )
+        )
+    if pixels:
+        rows.append(
+            (
+                "raw pixels (baseline, same run)",
+                "-",
+                "-",
+                "-",
+                f"{pixels['roc_auc']:.4f}",
+                f"{pixels['one_nn_accuracy']:.4f}",
+                f"{pixels['map_at_r']:.4f}",
+                f"{pixels['membership']['f1']:.4f}",
+            )
+        )
+    return markdown_table(header, rows)
+
+
+if __name__ == "__main__":
+    main()
