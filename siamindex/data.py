@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ IMAGE_SIZE = 28
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -128,7 +129,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
             f"found {actual}."
         )
     data = np.frombuffer(raw, dtype=dtype, count=expected // dtype.itemsize, offset=header)
-    return data.reshape(shape).astype(dtype.newbyteorder("="))
+    return np.asarray(data.reshape(shape).astype(dtype.newbyteorder("=")))
 
 
 def images_and_labels_from_idx(
@@ -238,8 +239,9 @@ def load_image_file(path: str | os.PathLike[str], resize: bool = False) -> np.nd
                 image.mode == "P" and "transparency" in image.info
             ):
                 background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image.convert("RGBA"))
-            gray = image.convert("L")
+                gray = Image.alpha_composite(background, image.convert("RGBA")).convert("L")
+            else:
+                gray = image.convert("L")
     except FileNotFoundError:
         raise DataError(f"Image file '{path}' does not exist.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

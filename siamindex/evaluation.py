@@ -47,7 +47,7 @@ def true_and_false_claims(labels: np.ndarray, rng: np.random.Generator) -> Claim
 
 def pair_distances(vectors: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Euclidean distance between rows ``left[i]`` and ``right[i]`` of ``vectors``."""
-    return np.linalg.norm(vectors[left] - vectors[right], axis=1)
+    return np.asarray(np.linalg.norm(vectors[left] - vectors[right], axis=1))
 
 
 def pair_metrics(
@@ -64,6 +64,25 @@ def pair_metrics(
     }
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated membership threshold (Euclidean distance; member if distance <= it).
+
+    Attributes:
+        threshold: the global threshold.
+        f1: F1 of the calibration claims at it.
+        per_class: class index -> that class's own threshold.
+        method: how it was calibrated, in words.
+        claims: how many claims it was fitted on.
+    """
+
+    threshold: float
+    f1: float
+    per_class: dict[int, float]
+    method: str
+    claims: int
+
+
 def calibrate(
     stored: np.ndarray,
     labels: np.ndarray,
@@ -71,7 +90,7 @@ def calibrate(
     sample: int = CALIBRATION_SAMPLE,
     target_precision: float | None = None,
     partition: ClassPartition | None = None,
-) -> dict[str, object]:
+) -> Calibration:
     """Calibrate the membership threshold by leave-one-out over the stored set.
 
     A sample of stored rows is each claimed with its true and a random wrong class; a claim's
@@ -80,7 +99,7 @@ def calibrate(
     claimed class.
 
     Returns:
-        {"threshold", "f1", "per_class": {class: threshold}, "method", "claims"}.
+        The global and per-class thresholds, with how they were found.
     """
     partition = partition or ClassPartition(stored, labels)
     rows = np.sort(rng.choice(len(labels), size=min(sample, len(labels)), replace=False))
@@ -108,13 +127,13 @@ def calibrate(
         if target_precision is not None
         else "max F1"
     )
-    return {
-        "threshold": threshold,
-        "f1": metrics.classification_summary(distances <= threshold, truth)["f1"],
-        "per_class": per_class,
-        "method": f"leave-one-out over {len(rows)} stored rows, true and wrong class each; {rule}",
-        "claims": int(len(distances)),
-    }
+    return Calibration(
+        threshold=threshold,
+        f1=float(metrics.classification_summary(distances <= threshold, truth)["f1"]),
+        per_class=per_class,
+        method=f"leave-one-out over {len(rows)} stored rows, true and wrong class each; {rule}",
+        claims=int(len(distances)),
+    )
 
 
 def membership_metrics(
@@ -187,13 +206,13 @@ def evaluate_vectors(
     rng = np.random.default_rng(seed)
     partition = ClassPartition(stored, stored_labels)
     calibration = calibrate(stored, stored_labels, rng, partition=partition)
-    threshold = float(calibration["threshold"])  # type: ignore[arg-type]
+    threshold = calibration.threshold
     pairs = pair_metrics(queries, labels, np.random.default_rng(seed), pair_threshold)
     return {
         **pairs,
         **retrieval_metrics(stored, stored_labels, queries, labels),
         "threshold": threshold,
-        "threshold_method": calibration["method"],
+        "threshold_method": calibration.method,
         "membership": membership_metrics(partition, queries, labels, threshold, rng),
     }
 

@@ -144,6 +144,7 @@ class Index:
         self.folder = folder
         self.store = store
         self._encoder: Any = None
+        self.build_phases: Phases | None = None  # set by Index.build
         self._partition: ClassPartition | None = None
 
     # -- opening and building --------------------------------------------------------------
@@ -503,16 +504,16 @@ def _make_store(
     with phases("calibrate"):
         rng = np.random.default_rng(seed)
         calibration = calibrate(vectors, rows.labels, rng, target_precision=target_precision)
-    for label, threshold in calibration["per_class"].items():  # type: ignore[union-attr]
+    for label, threshold in calibration.per_class.items():
         store.class_thresholds[label] = threshold
     store.attrs.update(
         {
             "metric": "l2",
             "distance": "euclidean",
-            "threshold": calibration["threshold"],
+            "threshold": calibration.threshold,
             "threshold_distance": "euclidean",
-            "threshold_method": calibration["method"],
-            "threshold_f1": calibration["f1"],
+            "threshold_method": calibration.method,
+            "threshold_f1": calibration.f1,
             "target_precision": -1.0 if target_precision is None else float(target_precision),
             "encoder_sha256": sha256_file(encoder_file),
             "dataset_fingerprint": dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),

@@ -86,6 +86,37 @@ class ContrastiveLoss(keras.losses.Loss):  # type: ignore[misc]
         return {**super().get_config(), "margin": self.margin}
 
 
+def in_batch_contrastive(
+    labels: Any, embeddings: Any, margin: float, active_negatives: bool = True
+) -> Any:
+    """Contrastive loss over every pair of distinct rows of a batch (see InBatchContrastiveLoss).
+
+    Args:
+        labels: (b,) class labels.
+        embeddings: (b, d) embeddings.
+        margin: the contrastive margin.
+        active_negatives: average the different-class term over the pairs still inside the
+            margin (the training objective) rather than over all of them (a plain measure).
+    """
+    labels = ops.reshape(labels, (-1,))
+    squared_norms = ops.sum(ops.square(embeddings), axis=1)
+    squared = (
+        squared_norms[:, None]
+        + squared_norms[None, :]
+        - 2.0 * ops.matmul(embeddings, ops.transpose(embeddings))
+    )
+    distance = ops.sqrt(ops.maximum(squared, keras.backend.epsilon()))
+    batch = ops.shape(labels)[0]
+    off_diagonal = 1.0 - ops.eye(batch, dtype=embeddings.dtype)
+    same = ops.cast(ops.equal(labels[:, None], labels[None, :]), embeddings.dtype) * off_diagonal
+    different = (1.0 - same) * off_diagonal
+    positive = ops.sum(same * ops.square(distance)) / ops.maximum(ops.sum(same), 1.0)
+    hinge = different * ops.square(ops.maximum(margin - distance, 0.0))
+    counted = ops.cast(hinge > 0, embeddings.dtype) if active_negatives else different
+    negative = ops.sum(hinge) / ops.maximum(ops.sum(counted), 1.0)
+    return 0.5 * (positive + negative)
+
+
 @keras.saving.register_keras_serializable(package="siamindex")
 class InBatchContrastiveLoss(keras.losses.Loss):  # type: ignore[misc]
     """Contrastive loss over every pair of distinct images in a batch.
@@ -97,6 +128,9 @@ class InBatchContrastiveLoss(keras.losses.Loss):  # type: ignore[misc]
     still violate the margin, halved. Averaging negatives only over the active ones keeps their
     gradient from fading as most of them pass the margin (as in "batch all" triplet training);
     same-class pairs, a tenth of all on MNIST, weigh as much as the active negatives.
+
+    Because that average is over a shrinking set, it is no measure of progress; training
+    monitors ``PlainInBatchContrastive`` (all pairs counted) instead.
     """
 
     def __init__(self, margin: float = 1.0, name: str = "in_batch_contrastive_loss", **kwargs: Any):
@@ -104,26 +138,19 @@ class InBatchContrastiveLoss(keras.losses.Loss):  # type: ignore[misc]
         self.margin = float(margin)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
-        labels = ops.reshape(y_true, (-1,))
-        squared_norms = ops.sum(ops.square(y_pred), axis=1)
-        squared = (
-            squared_norms[:, None]
-            + squared_norms[None, :]
-            - 2.0 * ops.matmul(y_pred, ops.transpose(y_pred))
-        )
-        distance = ops.sqrt(ops.maximum(squared, keras.backend.epsilon()))
-        batch = ops.shape(labels)[0]
-        off_diagonal = 1.0 - ops.eye(batch, dtype=y_pred.dtype)
-        same = ops.cast(ops.equal(labels[:, None], labels[None, :]), y_pred.dtype) * off_diagonal
-        different = (1.0 - same) * off_diagonal
-        positive = ops.sum(same * ops.square(distance)) / ops.maximum(ops.sum(same), 1.0)
-        hinge = different * ops.square(ops.maximum(self.margin - distance, 0.0))
-        active = ops.cast(hinge > 0, y_pred.dtype)
-        negative = ops.sum(hinge) / ops.maximum(ops.sum(active), 1.0)
-        return 0.5 * (positive + negative)
+        return in_batch_contrastive(y_true, y_pred, self.margin, active_negatives=True)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "margin": self.margin}
+
+
+def plain_in_batch_contrastive(margin: float) -> keras.metrics.Metric:
+    """A metric: in-batch contrastive loss with every pair counted, named "contrastive"."""
+
+    def measure(y_true: Any, y_pred: Any) -> Any:
+        return in_batch_contrastive(y_true, y_pred, margin, active_negatives=False)
+
+    return keras.metrics.MeanMetricWrapper(measure, name="contrastive")
 
 
 def _seed_mlp(embedding_dim: int) -> list[layers.Layer]:

@@ -21,7 +21,7 @@ def _flat(vectors: np.ndarray):  # type: ignore[no-untyped-def]
 
 def euclidean(squared: np.ndarray) -> np.ndarray:
     """Euclidean distances from FAISS's squared ones (clipping round-off below zero)."""
-    return np.sqrt(np.maximum(squared, 0.0))
+    return np.asarray(np.sqrt(np.maximum(squared, 0.0)))
 
 
 def exact_search(

@@ -336,7 +336,7 @@ def _filled_index(rows: Rows, index_type: str, seed: int):  # type: ignore[no-un
     return index
 
 
-def _clone(index):  # type: ignore[no-untyped-def]
+def _clone(index: Any) -> Any:
     import faiss
 
     return faiss.clone_index(index)

@@ -41,7 +41,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     embedding_dim: int | None = None
     learning_rate: float | None = None
-    patience: int = 2
+    patience: int = 3
     data_dir: str | None = None
     train_size: int | None = None
     test_size: int | None = None
@@ -130,6 +130,11 @@ def split_validation(
     return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))
 
 
+def _monitor(config: TrainConfig) -> str:
+    """What early stopping watches: plain in-batch contrastive loss, or the pair loss."""
+    return "val_contrastive" if config.sampler == "in-batch" else "val_loss"
+
+
 def _fit(
     config: TrainConfig,
     encoder: Any,
@@ -141,23 +146,18 @@ def _fit(
     import keras
 
     callbacks: list[Any] = []
-    if not config.is_article_reproduction:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.patience, restore_best_weights=True
-            )
-        )
-    if config.sampler == "in-batch":
+    metrics: list[Any] = []
+    x: Any
+    validation: Any
+    sampler = str(config.sampler)
+    if sampler == "in-batch":
         x, y = encoders.as_model_input(train.images), train.labels
         validation = (encoders.as_model_input(val.images), val.labels)
         net, loss = encoder, encoders.InBatchContrastiveLoss(config.margin)
+        metrics = [encoders.plain_in_batch_contrastive(config.margin)]
     else:
-        pairs = make_pairs(
-            train.labels, config.sampler, rng, same_fraction=SEED_TRAIN_SAME_FRACTION
-        )
-        val_pairs = make_pairs(
-            val.labels, config.sampler, rng, same_fraction=SEED_EVAL_SAME_FRACTION
-        )
+        pairs = make_pairs(train.labels, sampler, rng, same_fraction=SEED_TRAIN_SAME_FRACTION)
+        val_pairs = make_pairs(val.labels, sampler, rng, same_fraction=SEED_EVAL_SAME_FRACTION)
         x = [encoders.as_model_input(train.images[p]) for p in (pairs.left, pairs.right)]
         y = pairs.is_same
         validation = (
@@ -171,7 +171,16 @@ def _fit(
         steps = config.epochs * int(np.ceil(len(y) / config.batch_size))  # type: ignore[operator]
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.05)
         optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    net.compile(optimizer=optimizer, loss=loss)
+    if not config.is_article_reproduction:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=_monitor(config),
+                mode="min",
+                patience=config.patience,
+                restore_best_weights=True,
+            )
+        )
+    net.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     if progress:
         callbacks.append(_Progress(config.epochs, int(np.ceil(len(y) / config.batch_size))))  # type: ignore[arg-type]
     return net.fit(
@@ -277,7 +286,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         "optimizer": type(history.model.optimizer).__name__,
         "output_scale": scale,
         "epochs_run": len(losses.get("loss", [])),
-        "best_epoch": int(np.argmin(losses["val_loss"])) + 1 if losses.get("val_loss") else None,
+        "early_stopping_monitor": None if config.is_article_reproduction else _monitor(config),
         "train_seconds": round(seconds, 2),
         "history": losses,
         "sizes": {"train": len(train_part), "val": len(val_part), "test": len(test)},

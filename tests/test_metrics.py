@@ -124,11 +124,11 @@ def test_calibration_separates_well_separated_classes():
     centres = rng.normal(size=(5, 8)) * 10
     vectors = (centres[labels] + rng.normal(size=(200, 8)) * 0.1).astype(np.float32)
     result = calibrate(vectors, labels, np.random.default_rng(1), sample=200)
-    assert result["f1"] == 1.0
+    assert result.f1 == 1.0
     gaps = np.linalg.norm(centres[:, None] - centres[None, :], axis=2)
     # Same-class neighbours lie ~0.4 apart, other classes >= the smallest gap between centres.
-    assert 0.3 < result["threshold"] < gaps[gaps > 0].min()
-    assert set(result["per_class"]) == set(range(5))
+    assert 0.3 < result.threshold < gaps[gaps > 0].min()
+    assert set(result.per_class) == set(range(5))
 
 
 def test_max_accuracy_threshold_matches_a_scan():
