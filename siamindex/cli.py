@@ -502,6 +502,13 @@ def _emit_csv(header: list[str], rows: list[list[Any]]) -> None:
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit.")
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search breadth.")
 @resize_option
+@click.option(
+    "--show",
+    "show_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a PNG of the query images beside their matches (needs [viz]).",
+)
 @output_option
 @quiet_option
 @_errors_to_messages
@@ -512,6 +519,7 @@ def query(
     nprobe: int | None,
     ef_search: int | None,
     resize: bool,
+    show_path: str | None,
     output_format: str,
     quiet: bool,
 ) -> None:
@@ -524,6 +532,10 @@ def query(
     from siamindex.index import Index
     from siamindex.inputs import load_images
 
+    if show_path:
+        from siamindex.report import require_matplotlib
+
+        require_matplotlib()
     index = Index.open(index_name)
     loaded = load_images(images, resize=resize)
     try:
@@ -532,6 +544,10 @@ def query(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--nprobe/--ef-search") from None
+    if show_path:
+        from siamindex.report import write_query_figure
+
+        write_query_figure(index, loaded.pixels, loaded.names, results, show_path)
     if output_format == "json":
         click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
         return
@@ -739,6 +755,29 @@ def compare(
         f"{result.first} vs {result.second}: distance {result.distance:.4f}, "
         f"threshold {result.threshold:.4f} -> {verdict}"
     )
+
+
+@cli.command()
+@index_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="report",
+    show_default=True,
+    help="Folder for the PNG figures and report.html.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Drives the random samples.")
+@_errors_to_messages
+def report(index_name: str, out_dir: str, seed: int) -> None:
+    """Write figures of an index (PNG) and one self-contained HTML page that opens offline."""
+    from siamindex.index import Index
+    from siamindex.report import require_matplotlib, write_report
+
+    require_matplotlib()  # before any slow work, say how to install it if missing
+    written = write_report(Index.open(index_name), out_dir, seed)
+    for path in written:
+        click.echo(str(path))
 
 
 def main() -> None:

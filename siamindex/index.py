@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -236,8 +237,11 @@ class Index:
                     seed,
                     phases,
                 )
+                report = _training_report_of(encoder_file)
                 with phases("write"):
-                    bundles.publish(path, lambda into: store.write(into, encoder_file), force=force)
+                    bundles.publish(
+                        path, lambda into: store.write(into, encoder_file, report), force=force
+                    )
         logger.info("built %s: %s", path, phases.seconds)
         index = cls.open(path)
         index.build_phases = phases
@@ -405,13 +409,20 @@ class Index:
             current = Index.open(self.path)  # re-read under the lock: another writer may have won
             updated = change(current.store)
             encoder_file = current.folder / bundles.ENCODER_FILE
+            report = current.folder / bundles.TRAINING_FILE
             folder = bundles.publish(
                 self.path,
-                lambda into: updated.write(into, encoder_file),
+                lambda into: updated.write(into, encoder_file, report if report.exists() else None),
                 force=True,
                 must_exist=True,
             )
         self.folder, self.store, self._partition = folder, updated, None
+
+    def training_report(self) -> dict[str, Any] | None:
+        """The encoder's training report, when the bundle has one (built by training, or from
+        an encoder file whose report lay beside it)."""
+        path = self.folder / bundles.TRAINING_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def info(self) -> dict[str, Any]:
         """Facts about the index: counts per class and split, dimension, type, encoder
@@ -448,6 +459,18 @@ class Index:
             "format_version": attrs.get("format_version"),
             "size_bytes": size,
         }
+
+
+def _training_report_of(encoder_file: Path) -> Path | None:
+    """The JSON report beside an encoder file, if it is that encoder's (SHA-256 matches)."""
+    from siamindex.data import sha256_file
+
+    report = encoder_file.with_suffix(".json")
+    try:
+        recorded = json.loads(report.read_text()).get("encoder_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return report if recorded == sha256_file(encoder_file) else None
 
 
 def _train_default(scratch: Path, config: Any, progress: bool) -> Path:

@@ -42,7 +42,9 @@ ENCODER_FILE = "encoder.keras"
 FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.h5"
 MANIFEST_FILE = "manifest.json"
+TRAINING_FILE = "training.json"
 BUNDLE_FILES = (ENCODER_FILE, FAISS_FILE, METADATA_FILE)
+OPTIONAL_FILES = (TRAINING_FILE,)
 PARTIAL_SUFFIX = ".partial"
 TRAINING_SAMPLE = 50_000
 REBUILD = "rebuild it with `siamindex build-index --force`"
@@ -241,15 +243,21 @@ class IndexStore:
 
     # -- files -------------------------------------------------------------------------------
 
-    def write(self, folder: Path, encoder_file: Path) -> None:
-        """Write the bundle's files into ``folder`` (which must exist), manifest last, fsynced."""
+    def write(self, folder: Path, encoder_file: Path, training_report: Path | None = None) -> None:
+        """Write the bundle's files into ``folder`` (which must exist), manifest last, fsynced.
+
+        ``training_report`` (the encoder's JSON training report) is kept when given.
+        """
         import faiss
 
         shutil.copyfile(encoder_file, folder / ENCODER_FILE)
+        if training_report is not None:
+            shutil.copyfile(training_report, folder / TRAINING_FILE)
         faiss.write_index(self.index, str(folder / FAISS_FILE))
         self._write_metadata(folder / METADATA_FILE)
-        for name in BUNDLE_FILES:
-            _fsync_file(folder / name)
+        for name in (*BUNDLE_FILES, *OPTIONAL_FILES):
+            if (folder / name).exists():
+                _fsync_file(folder / name)
         _write_manifest(folder)
         _fsync_dir(folder)
 
@@ -386,7 +394,8 @@ def _write_manifest(folder: Path) -> None:
         "format_version": FORMAT_VERSION,
         "files": {
             name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-            for name in BUNDLE_FILES
+            for name in (*BUNDLE_FILES, *OPTIONAL_FILES)
+            if name in BUNDLE_FILES or (folder / name).exists()
         },
     }
     text = _manifest_text({**body, "manifest_sha256": _digest(_manifest_text(body))}) + "\n"
@@ -432,7 +441,8 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 def verify_files(folder: Path) -> dict[str, Any]:
     """Check every bundle file against the manifest: present, right size, right SHA-256."""
     manifest = read_manifest(folder)
-    for name in BUNDLE_FILES:
+    listed = [name for name in OPTIONAL_FILES if name in manifest["files"]]
+    for name in (*BUNDLE_FILES, *listed):
         entry = manifest["files"].get(name)
         path = folder / name
         what = "encoder" if name == ENCODER_FILE else name

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from siamindex import model as encoders
-from siamindex.data import Dataset, load_dataset
+from siamindex.data import Dataset, load_dataset, sha256_file
 from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances
 from siamindex.metrics import max_accuracy_threshold, pair_accuracy, roc_auc
 from siamindex.pairs import SEED_EVAL_SAME_FRACTION, SEED_TRAIN_SAME_FRACTION, make_pairs
@@ -282,6 +282,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
     losses = {key: [float(v) for v in values] for key, values in history.history.items()}
     report = {
         "encoder_file": str(out),
+        "encoder_sha256": sha256_file(out),
         "settings": {**asdict(config), "article_reproduction": config.is_article_reproduction},
         "optimizer": type(history.model.optimizer).__name__,
         "output_scale": scale,
