@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -120,7 +122,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"IDX file '{name}' is truncated inside its header.")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on absurd headers
     actual = len(raw) - header
     if actual != expected:
         problem = "truncated" if actual < expected else "longer than its header says"
@@ -233,18 +235,14 @@ def load_image_file(path: str | os.PathLike[str], resize: bool = False) -> np.nd
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (
-                image.mode == "P" and "transparency" in image.info
-            ):
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                gray = Image.alpha_composite(background, image.convert("RGBA")).convert("L")
-            else:
-                gray = image.convert("L")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            gray = _decode_gray(path)
     except FileNotFoundError:
         raise DataError(f"Image file '{path}' does not exist.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"'{path}' declares an enormous image; refusing to decode it.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"'{path}' is not a readable PNG/JPEG image ({exc}).") from None
     if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
         if not resize:
@@ -255,6 +253,20 @@ def load_image_file(path: str | os.PathLike[str], resize: bool = False) -> np.nd
             )
         gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.uint8)
+
+
+def _decode_gray(path: Path) -> Any:
+    """Decode with Pillow to 8-bit grayscale, compositing any alpha onto black."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        ):
+            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+            return Image.alpha_composite(background, image.convert("RGBA")).convert("L")
+        return image.convert("L")
 
 
 def _class_folders(folder: Path) -> list[Path]:

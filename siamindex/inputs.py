@@ -98,7 +98,7 @@ def _load_npy(path: Path, name: str) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"File '{path}' does not exist.") from None
-    except (ValueError, OSError, EOFError) as exc:
+    except Exception as exc:  # numpy's header parser raises many types on garbage (even TokenError)
         reason = (
             "holds Python objects" if "allow_pickle" in str(exc) else "is not a valid .npy file"
         )
@@ -207,6 +207,15 @@ def read_claims(path: str | Path, resize: bool = False) -> ClaimsFile:
         raise DataError(
             f"Claims file '{path}' is not a UTF-8 text CSV ({type(exc).__name__})."
         ) from None
+    try:
+        return _parse_claims(path, text, resize)
+    except csv.Error as exc:
+        raise DataError(f"Claims file '{path}' is not valid CSV ({exc}).") from None
+
+
+def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
+    import csv
+
     reader = csv.reader(text.splitlines())
     header = next((row for row in reader if any(cell.strip() for cell in row)), None)
     columns = [cell.strip().lower() for cell in header or []]

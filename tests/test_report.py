@@ -33,7 +33,9 @@ def reported(tmp_path_factory, small_idx_dir):
     folder = tmp_path_factory.mktemp("report")
     config = TrainConfig(encoder="cnn", epochs=1, embedding_dim=16, data_dir=str(small_idx_dir))
     trained = train(config, folder / "enc.keras", progress=False)
-    index = Index.build(folder / "idx", encoder=trained.path, data_dir=small_idx_dir, progress=False)
+    index = Index.build(
+        folder / "idx", encoder=trained.path, data_dir=small_idx_dir, progress=False
+    )
     return index, write_report(index, folder / "out")
 
 
@@ -67,8 +69,20 @@ def test_html_embeds_every_figure_and_links_nothing(reported):
 
 def test_query_show_writes_a_picture(reported, tmp_path):
     index, _ = reported
-    result = CliRunner().invoke(cli, ["query", "mnist:test:0-3", "--index", str(index.path), "-k", "4",
-                                      "--show", str(tmp_path / "q.png")], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "query",
+            "mnist:test:0-3",
+            "--index",
+            str(index.path),
+            "-k",
+            "4",
+            "--show",
+            str(tmp_path / "q.png"),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "q.png") as image:
         assert image.size == (round(1.6 * 5 * FIGURE_DPI), round(1.8 * 4 * FIGURE_DPI))
@@ -77,8 +91,9 @@ def test_query_show_writes_a_picture(reported, tmp_path):
 
 def test_report_cli(reported, tmp_path):
     index, _ = reported
-    result = CliRunner().invoke(cli, ["report", "--index", str(index.path), "--out", str(tmp_path)],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["report", "--index", str(index.path), "--out", str(tmp_path)], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "report.html").is_file() and (tmp_path / "membership.png").is_file()
 
@@ -104,11 +119,24 @@ def test_report_renders_in_headless_chromium(reported, tmp_path):
     _, written = reported
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2200",
-         f"--screenshot={shot}", written[-1].as_uri()],
-        check=True, capture_output=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,2200",
+            f"--screenshot={shot}",
+            written[-1].as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
