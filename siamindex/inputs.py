@@ -232,6 +232,8 @@ def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
+        if any(ch < " " and ch != "\t" for cell in row for ch in cell):
+            raise DataError(f"{path}, line {line}: contains control characters (such as NUL).")
         if len(row) != len(columns):
             raise DataError(
                 f"{path}, line {line}: {len(row)} fields but the header has {len(columns)}."
