@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_idx
 from PIL import Image
 
-from conftest import write_idx
 from siamindex import model
 from siamindex.cli import cli
 from siamindex.index import Index
