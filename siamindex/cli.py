@@ -138,7 +138,7 @@ def cli(verbose: bool) -> None:
     "--epochs",
     type=click.IntRange(min=1),
     default=None,
-    help="Epochs (maximum, with early stopping). Default: 20 for the article, 6 otherwise.",
+    help="Epochs (maximum, with early stopping). Default: 20 for the article, 8 otherwise.",
 )
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option(

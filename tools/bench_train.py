@@ -67,7 +67,11 @@ def main() -> None:
             "test_pair_accuracy_from_training": [r.report["pair_accuracy"]["test"] for r in runs],
             "evaluation": measured,
         }
-    (out_dir / "bench_train.json").write_text(json.dumps(results, indent=2))
+    saved = out_dir / "bench_train.json"
+    if args.only and saved.exists():  # keep the other model's last results
+        results = {**json.loads(saved.read_text()), **results}
+        results = {label: results[label] for label in RUNS if label in results}
+    saved.write_text(json.dumps(results, indent=2))
     print(table(results))
 
 
