@@ -399,6 +399,7 @@ def _print_info(facts: dict[str, Any], output_format: str, phases: Any = None) -
         f"index type {facts['index_type']}",
         f"threshold    {_number(facts['threshold'])} ({facts['threshold_distance']} distance; "
         f"{facts['threshold_method']})",
+        f"pairs        'same' when distance < {_number(facts['pair_threshold'])} (compare)",
         f"encoder      sha256 {facts['encoder_sha256']}",
         f"dataset      sha256 {facts['dataset_fingerprint']}",
         f"created      {facts['created']}, format {facts['format_version']}, "

@@ -136,6 +136,25 @@ def calibrate(
     )
 
 
+def calibrate_pairs(
+    stored: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    sample: int = CALIBRATION_SAMPLE,
+) -> tuple[float, float]:
+    """The pair threshold ("same" when distance < it) with the best accuracy on seed-protocol
+    pairs of a sample of stored rows, an image never paired with itself.
+
+    Returns:
+        (threshold, accuracy at it).
+    """
+    rows = np.sort(rng.choice(len(labels), size=min(sample, len(labels)), replace=False))
+    pairs = make_pairs(np.asarray(labels)[rows], "seed", rng, same_fraction=SEED_EVAL_SAME_FRACTION)
+    distinct = pairs.left != pairs.right
+    distances = pair_distances(stored[rows], pairs.left[distinct], pairs.right[distinct])
+    return metrics.max_accuracy_threshold(distances, pairs.is_same[distinct])
+
+
 def membership_metrics(
     partition: ClassPartition,
     queries: np.ndarray,

@@ -24,7 +24,7 @@ import numpy as np
 from siamindex import store as bundles
 from siamindex.data import SPLITS, load_dataset
 from siamindex.errors import DataError, IncompatibleIndex, IndexExists
-from siamindex.evaluation import calibrate
+from siamindex.evaluation import ARTICLE_THRESHOLD, calibrate, calibrate_pairs
 from siamindex.query import (
     Comparison,
     MembershipResult,
@@ -334,12 +334,22 @@ class Index:
             self.store, self.partition, vectors, names, groups, per_class, truth
         )
 
+    @property
+    def pair_threshold(self) -> float:
+        """The calibrated pair threshold ("same" when distance < it); the article's 0.5 for
+        indexes built before it was stored."""
+        return float(self.store.attrs.get("pair_threshold", ARTICLE_THRESHOLD))
+
     def compare(
         self, first: np.ndarray, second: np.ndarray, names: tuple[str, str] = ("a", "b")
     ) -> Comparison:
-        """Distance between two (28, 28) images and the verdict at the index's threshold."""
+        """Distance between two (28, 28) images and the verdict at the index's pair threshold.
+
+        Two arbitrary images are a pair, not a membership claim, so the verdict uses the pair
+        threshold (calibrated on pairs of stored images), not the nearest-member one.
+        """
         vectors = self.embed(np.stack([first, second]))
-        return compare(vectors[0], vectors[1], names, self.store.threshold)
+        return compare(vectors[0], vectors[1], names, self.pair_threshold)
 
     @property
     def partition(self) -> ClassPartition:
@@ -458,6 +468,7 @@ class Index:
             "threshold": attrs.get("threshold"),
             "threshold_distance": attrs.get("threshold_distance", "euclidean"),
             "threshold_method": attrs.get("threshold_method"),
+            "pair_threshold": attrs.get("pair_threshold", ARTICLE_THRESHOLD),
             "class_thresholds": thresholds,
             "next_id": attrs.get("next_id"),
             "versions": attrs.get("versions", {}),
@@ -533,6 +544,7 @@ def _make_store(
     with phases("calibrate"):
         rng = np.random.default_rng(seed)
         calibration = calibrate(vectors, rows.labels, rng, target_precision=target_precision)
+        pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
     for label, threshold in calibration.per_class.items():
         store.class_thresholds[label] = threshold
     store.attrs.update(
@@ -543,6 +555,8 @@ def _make_store(
             "threshold_distance": "euclidean",
             "threshold_method": calibration.method,
             "threshold_f1": calibration.f1,
+            "pair_threshold": pair_threshold,
+            "pair_threshold_accuracy": pair_accuracy,
             "target_precision": -1.0 if target_precision is None else float(target_precision),
             "encoder_sha256": sha256_file(encoder_file),
             "dataset_fingerprint": dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),

@@ -188,6 +188,7 @@ def membership_summary(results: Sequence[MembershipResult]) -> dict[str, object]
 def compare(
     first: np.ndarray, second: np.ndarray, names: tuple[str, str], threshold: float
 ) -> Comparison:
-    """Euclidean distance between two (embedding_dim,) vectors, "same" if <= threshold."""
+    """Euclidean distance between two (embedding_dim,) vectors, "same" if < threshold (the
+    article's pair rule)."""
     distance = float(np.linalg.norm(np.asarray(first, np.float64) - np.asarray(second, np.float64)))
-    return Comparison(names[0], names[1], distance, threshold, distance <= threshold)
+    return Comparison(names[0], names[1], distance, threshold, distance < threshold)

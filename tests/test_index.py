@@ -55,6 +55,7 @@ def test_build_writes_a_complete_self_describing_bundle(built, small_idx_dir):
         attrs = dict(handle.attrs)
     for key in (
         "format_version",
+        "pair_threshold",
         "embedding_dim",
         "metric",
         "encoder_sha256",

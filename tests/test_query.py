@@ -107,6 +107,10 @@ def test_query_k_out_of_range(index, queries, k):
 def test_compare(index, mnist_test):
     result = index.compare(mnist_test.images[0], mnist_test.images[0])
     assert result.distance == pytest.approx(0.0, abs=1e-5) and result.same
+    # Pairs are judged by the pair threshold calibrated at build time, not the membership one.
+    assert result.threshold == index.store.attrs["pair_threshold"] != index.store.threshold
+    other = index.compare(mnist_test.images[0], mnist_test.images[1])
+    assert other.same == (other.distance < other.threshold)
 
 
 # -- input forms ---------------------------------------------------------------------------
