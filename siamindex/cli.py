@@ -328,6 +328,14 @@ index_option = click.option(
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--support",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="A membership claim holds when this many stored members of the class lie within the "
+    "threshold (1: the nearest member alone decides).",
+)
+@click.option(
     "--force", is_flag=True, help="Replace an existing index (once the new one is complete)."
 )
 @format_option
@@ -343,6 +351,7 @@ def build_index(
     batch_size: int,
     target_precision: float | None,
     seed: int,
+    support: int,
     force: bool,
     output_format: str,
     quiet: bool,
@@ -363,6 +372,7 @@ def build_index(
             resize=resize,
             progress=not quiet,
             seed=seed,
+            support=support,
         )
     except ValueError as exc:  # FAISS type or training problems
         raise click.BadParameter(str(exc), param_hint="--index-type") from None

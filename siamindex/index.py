@@ -24,7 +24,12 @@ import numpy as np
 from siamindex import store as bundles
 from siamindex.data import SPLITS, load_dataset
 from siamindex.errors import DataError, IncompatibleIndex, IndexExists
-from siamindex.evaluation import ARTICLE_THRESHOLD, calibrate, calibrate_pairs
+from siamindex.evaluation import (
+    ARTICLE_THRESHOLD,
+    DEFAULT_SUPPORT,
+    calibrate,
+    calibrate_pairs,
+)
 from siamindex.query import (
     Comparison,
     MembershipResult,
@@ -192,6 +197,7 @@ class Index:
         train_config: Any = None,
         progress: bool = True,
         seed: int = 0,
+        support: int = DEFAULT_SUPPORT,
     ) -> Index:
         """Embed a dataset into a new index bundle, calibrate it, and publish it atomically.
 
@@ -209,6 +215,8 @@ class Index:
             train_config: a ``training.TrainConfig`` used when ``encoder`` is None.
             progress: show progress bars.
             seed: drives sampling for FAISS training and calibration.
+            support: a membership claim holds when this many stored members of the class lie
+                within the threshold (1: the nearest member alone decides).
 
         Raises:
             IndexExists, IndexLocked, DataError, EncoderError, ValueError.
@@ -217,6 +225,8 @@ class Index:
         if (path.exists() or path.is_symlink()) and not force:
             raise IndexExists(f"Index '{path}' already exists; pass --force to replace it.")
         bundles.new_faiss_index(8, index_type)  # reject a bad type before any work
+        if support < 1:
+            raise ValueError(f"support must be at least 1, got {support}")
         with bundles.writer_lock(path):
             with tempfile.TemporaryDirectory(prefix="siamindex-train-") as scratch:
                 encoder_file = (
@@ -235,6 +245,7 @@ class Index:
                     resize,
                     progress,
                     seed,
+                    support,
                     phases,
                 )
                 report = _training_report_of(encoder_file)
@@ -333,6 +344,12 @@ class Index:
         return check_membership(
             self.store, self.partition, vectors, names, groups, per_class, truth
         )
+
+    @property
+    def support(self) -> int:
+        """How many stored members of a class must lie within the threshold for a claim to hold
+        (1 for indexes built before this was stored)."""
+        return int(self.store.attrs.get("support", 1))
 
     @property
     def pair_threshold(self) -> float:
@@ -469,6 +486,7 @@ class Index:
             "threshold_distance": attrs.get("threshold_distance", "euclidean"),
             "threshold_method": attrs.get("threshold_method"),
             "pair_threshold": attrs.get("pair_threshold", ARTICLE_THRESHOLD),
+            "support": self.support,
             "class_thresholds": thresholds,
             "next_id": attrs.get("next_id"),
             "versions": attrs.get("versions", {}),
@@ -515,6 +533,7 @@ def _make_store(
     resize: bool,
     progress: bool,
     seed: int,
+    support: int,
     phases: Phases,
 ) -> IndexStore:
     from siamindex.data import sha256_file
@@ -543,7 +562,9 @@ def _make_store(
         store = IndexStore.create(rows, datasets[0].class_names, index_type, seed=seed)
     with phases("calibrate"):
         rng = np.random.default_rng(seed)
-        calibration = calibrate(vectors, rows.labels, rng, target_precision=target_precision)
+        calibration = calibrate(
+            vectors, rows.labels, rng, target_precision=target_precision, support=support
+        )
         pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
     for label, threshold in calibration.per_class.items():
         store.class_thresholds[label] = threshold
@@ -555,6 +576,7 @@ def _make_store(
             "threshold_distance": "euclidean",
             "threshold_method": calibration.method,
             "threshold_f1": calibration.f1,
+            "support": support,
             "pair_threshold": pair_threshold,
             "pair_threshold_accuracy": pair_accuracy,
             "target_precision": -1.0 if target_precision is None else float(target_precision),

@@ -45,7 +45,12 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class MembershipResult:
-    """The answer to the claim "``query`` belongs to class ``group``"."""
+    """The answer to the claim "``query`` belongs to class ``group``".
+
+    ``distance`` and ``nearest_id`` are of the nearest stored member of the class;
+    ``support_distance`` is the distance to its ``support``-th nearest member, and the claim holds
+    (``is_member``) when that is within ``threshold``: at least ``support`` members are that near.
+    """
 
     query: str
     group: str
@@ -54,6 +59,8 @@ class MembershipResult:
     threshold: float
     threshold_kind: str
     nearest_id: int
+    support_distance: float
+    support: int
     true_label: str | None = None
 
 
@@ -125,8 +132,9 @@ def check_membership(
     per_class: bool = False,
     true_labels: np.ndarray | None = None,
 ) -> list[MembershipResult]:
-    """Answer claims "vector i belongs to class groups[i]" by the distance to the nearest stored
-    member of that class, searched in that class's own exact sub-index.
+    """Answer claims "vector i belongs to class groups[i]": true when the index's ``support``
+    nearest stored members of that class (searched in the class's own exact sub-index) all lie
+    within the threshold.
 
     Args:
         store: the index (for thresholds, class names and ids).
@@ -137,7 +145,8 @@ def check_membership(
         per_class: use each class's calibrated threshold (falling back to the global one).
         true_labels: (n,) optional int class index of the truth (-1: unknown).
     """
-    distances, rows = partition.nearest(vectors, groups)
+    support = int(store.attrs.get("support", 1))
+    distances, rows, support_distances = partition.nearest(vectors, groups, support=support)
     thresholds = np.full(len(groups), store.threshold)
     kinds = np.full(len(groups), "global", dtype=object)
     if per_class:
@@ -151,11 +160,13 @@ def check_membership(
         MembershipResult(
             query=names[i],
             group=names_of[groups[i]],
-            is_member=bool(distances[i] <= thresholds[i]),
+            is_member=bool(support_distances[i] <= thresholds[i]),
             distance=float(distances[i]),
             threshold=float(thresholds[i]),
             threshold_kind=str(kinds[i]),
             nearest_id=int(ids[i]),
+            support_distance=float(support_distances[i]),
+            support=support,
             true_label=None
             if true_labels is None or true_labels[i] < 0
             else names_of[true_labels[i]],

@@ -101,8 +101,11 @@ def stored_images(index: Any, rows: np.ndarray) -> list[np.ndarray | None]:
 def _claims(index: Any, data: ReportData, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distances, is_member, claimed class) of true-and-wrong-class claims of the sample."""
     claims = true_and_false_claims(data.labels, np.random.default_rng(seed + 1))
-    distances, _ = index.partition.nearest(
-        data.vectors[claims.rows], claims.classes, exclude_rows=data.own_rows[claims.rows]
+    _, _, distances = index.partition.nearest(
+        data.vectors[claims.rows],
+        claims.classes,
+        exclude_rows=data.own_rows[claims.rows],
+        support=index.support,
     )
     return distances, claims.is_member, claims.classes
 
@@ -168,7 +171,7 @@ def figure_histograms(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
         label=f"calibrated threshold {data.threshold:.3f}",
     )
     right.set(
-        title="Distance to the nearest stored member of the claimed class",
+        title=f"Membership claims: distance to the nearest {index.support} stored members",
         xlabel="Euclidean distance",
         ylabel="claims",
     )
@@ -291,8 +294,8 @@ def figure_membership(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     ]
     every = np.repeat(np.arange(len(data.labels)), len(present))
     claimed = np.tile(present, len(data.labels))
-    all_distances, _ = index.partition.nearest(
-        data.vectors[every], claimed, exclude_rows=data.own_rows[every]
+    _, _, all_distances = index.partition.nearest(
+        data.vectors[every], claimed, exclude_rows=data.own_rows[every], support=index.support
     )
     rates = np.zeros((len(present), len(present)))
     for i, true in enumerate(present):

@@ -71,36 +71,51 @@ class ClassPartition:
         return sorted(self.rows)
 
     def nearest(
-        self, queries: np.ndarray, classes: np.ndarray, exclude_rows: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Distance to, and row of, the nearest stored member of each query's class.
+        self,
+        queries: np.ndarray,
+        classes: np.ndarray,
+        exclude_rows: np.ndarray | None = None,
+        support: int = 1,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The nearest stored members of each query's class.
 
         Args:
             queries: (n, d) float32.
             classes: (n,) the class each query is tested against; each must be stored.
             exclude_rows: (n,) optional stored row to skip per query (leave-one-out), or -1.
+            support: also return the distance to the support-th nearest member (a class with
+                fewer members gives its farthest one).
 
         Returns:
-            (distances, rows): (n,) float32 Euclidean (inf when the class has no other member),
-            and (n,) int64 stored rows (-1 when none).
+            (nearest, rows, support_distances): (n,) float32 Euclidean distance to the nearest
+            member (inf when the class has no other member), (n,) int64 its stored row (-1 when
+            none), and (n,) float32 distance to the support-th nearest member.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         classes = np.asarray(classes)
-        distances = np.full(len(queries), np.inf, dtype=np.float32)
+        nearest = np.full(len(queries), np.inf, dtype=np.float32)
+        kth = np.full(len(queries), np.inf, dtype=np.float32)
         found_rows = np.full(len(queries), -1, dtype=np.int64)
-        k = 1 if exclude_rows is None else 2
+        extra = 0 if exclude_rows is None else 1
         for label in np.unique(classes):
             where = np.flatnonzero(classes == label)
             index, members = self._indexes[int(label)], self.rows[int(label)]
-            squared, local = index.search(queries[where], min(k, len(members)))
+            squared, local = index.search(queries[where], min(support + extra, len(members)))
             rows = np.where(local >= 0, members[np.maximum(local, 0)], -1)
             if exclude_rows is not None:
                 own = rows == np.asarray(exclude_rows)[where][:, None]
+                # Move the excluded row (if found) to the end, as "no neighbour".
                 squared = np.where(own, np.inf, squared)
                 rows = np.where(own, -1, rows)
-                pick = np.argmin(squared, axis=1)
-                squared = squared[np.arange(len(where)), pick][:, None]
-                rows = rows[np.arange(len(where)), pick][:, None]
-            distances[where] = euclidean(squared[:, 0])
+                order = np.argsort(squared, axis=1, kind="stable")
+                squared = np.take_along_axis(squared, order, axis=1)
+                rows = np.take_along_axis(rows, order, axis=1)
+                if squared.shape[1] > support:
+                    squared, rows = squared[:, :support], rows[:, :support]
+            distances = euclidean(squared)
+            nearest[where] = distances[:, 0]
             found_rows[where] = rows[:, 0]
-        return distances, found_rows
+            finite = np.where(np.isfinite(distances), distances, -np.inf)
+            last = np.max(finite, axis=1)  # farthest of the (up to) support neighbours found
+            kth[where] = np.where(np.isfinite(last), last, np.inf)
+        return nearest, found_rows, kth

@@ -80,7 +80,10 @@ def test_check_equals_brute_force(index, queries):
         d = np.linalg.norm(stored[members] - vectors[i], axis=1)
         assert result.nearest_id == index.store.rows.ids[members[np.argmin(d)]]
         assert result.distance == pytest.approx(d.min(), abs=1e-4)
-        assert result.is_member == (d.min() <= index.store.threshold)
+        third = np.sort(d)[2]  # the index's support is 3: three members must be that near
+        assert result.support == 3
+        assert result.support_distance == pytest.approx(third, abs=1e-4)
+        assert result.is_member == (third <= index.store.threshold)
         assert result.threshold_kind == "global"
 
 
