@@ -41,10 +41,20 @@ def main() -> None:
         action="store_true",
         help="re-print the table of the last run in --out-dir without training",
     )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-measure the encoders of the last run without training them again",
+    )
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
-    if args.table_only:
-        print(table(json.loads((out_dir / "bench_train.json").read_text())))
+    if args.table_only or args.evaluate_only:
+        saved = json.loads((out_dir / "bench_train.json").read_text())
+        for result in saved.values() if args.evaluate_only else []:
+            encoder = model.load_encoder(result["encoder_file"])
+            result["evaluation"] = evaluate(functools.partial(model.embed, encoder), seed=0)
+        (out_dir / "bench_train.json").write_text(json.dumps(saved, indent=2))
+        print(table(saved))
         return
     results: dict[str, dict[str, object]] = {}
     for label, config in RUNS.items():
