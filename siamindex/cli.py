@@ -655,6 +655,7 @@ def check(
         "class",
         "member",
         "distance",
+        "support_distance",
         "threshold",
         "threshold_kind",
         "nearest_id",
@@ -666,6 +667,7 @@ def check(
             r.group,
             str(r.is_member).lower(),
             f"{r.distance:.4f}",
+            f"{r.support_distance:.4f}",
             f"{r.threshold:.4f}",
             r.threshold_kind,
             r.nearest_id,
@@ -679,7 +681,12 @@ def check(
     if len(rows) <= 200:
         click.echo(_table([tuple(map(str, row)) for row in rows], tuple(header)))
     members = sum(r.is_member for r in results)
-    click.echo(f"\n{len(results)} claims: {members} true, {len(results) - members} false.")
+    support = results[0].support if results else 1
+    click.echo(
+        f"\n{len(results)} claims: {members} true, {len(results) - members} false. A claim holds "
+        f"when the {support} nearest stored members of the class are within the threshold "
+        "(support_distance)."
+    )
     if summary:
         click.echo(_summary_table(summary))
 

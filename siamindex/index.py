@@ -314,7 +314,9 @@ class Index:
             )
         names = list(names) if names is not None else [str(i) for i in range(len(images))]
         vectors = self.embed(images, progress=progress)
-        return nearest(self.store, vectors, names, k, nprobe=nprobe, ef_search=ef_search)
+        return nearest(
+            self.store, self.partition, vectors, names, k, nprobe=nprobe, ef_search=ef_search
+        )
 
     def check(
         self,

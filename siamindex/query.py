@@ -77,16 +77,22 @@ class Comparison:
 
 def nearest(
     store: IndexStore,
+    partition: ClassPartition,
     vectors: np.ndarray,
     names: Sequence[str],
     k: int,
     nprobe: int | None = None,
     ef_search: int | None = None,
 ) -> list[QueryResult]:
-    """The k nearest stored images of each query vector.
+    """The k nearest stored images of each query vector, and its predicted class.
+
+    The prediction is the class of the nearest match, kept only when the membership claim
+    "the query belongs to that class" holds (the same rule as ``check_membership``); otherwise
+    it is None, "no match" (open set).
 
     Args:
         store: the index.
+        partition: exact per-class sub-indexes over the store's embeddings.
         vectors: (n, embedding_dim) float32 query embeddings.
         names: (n,) how to refer to each query in the results.
         k: matches per query, 1 <= k <= stored count.
@@ -96,6 +102,10 @@ def nearest(
     found = ids >= 0
     rows = np.where(found, store.rows_of(np.where(found, ids, store.rows.ids[0])), -1)
     threshold = store.threshold
+    first = np.where(found[:, 0], store.rows.labels[np.maximum(rows[:, 0], 0)], 0)
+    _, _, support_distances = partition.nearest(
+        vectors, first, support=int(store.attrs.get("support", 1))
+    )
     results = []
     for q, name in enumerate(names):
         matches = [
@@ -110,7 +120,7 @@ def nearest(
             for rank in range(k)
             if found[q, rank]
         ]
-        close = bool(matches) and matches[0].distance <= threshold
+        close = bool(matches) and support_distances[q] <= threshold
         results.append(
             QueryResult(
                 query=name,
