@@ -575,7 +575,8 @@ def query(
     threshold = results[0].threshold if results else float("nan")
     click.echo(
         f"\n{len(results)} quer{'y' if len(results) == 1 else 'ies'}; "
-        f"threshold {threshold:.4f} (Euclidean): beyond it a query is 'no match'."
+        f"threshold {threshold:.4f} (Euclidean). The nearest match's class is predicted when the "
+        "membership claim for it holds (see `siamindex check`); otherwise 'no match'."
     )
 
 
