@@ -169,11 +169,19 @@ class Index:
             try:
                 store = IndexStore.read(folder)
                 break
-            except IncompatibleIndex:
-                # A writer may have swapped the link and pruned this bundle while we read it.
-                if attempt == 2 or folder == bundles.resolve_bundle(path):
-                    raise
-        manifest_sha = bundles.read_manifest(folder)["files"][bundles.ENCODER_FILE]["sha256"]
+            except (IncompatibleIndex, FileNotFoundError) as exc:
+                # A writer may have swapped the link and pruned this bundle while we read it:
+                # then read the bundle the name points at now.
+                if attempt < 2 and folder != bundles.resolve_bundle(path):
+                    continue
+                if isinstance(exc, FileNotFoundError):
+                    raise IncompatibleIndex(
+                        f"Index '{path}' lost {exc.filename} while being read; {bundles.REBUILD}."
+                    ) from None
+                raise
+        # From the manifest verified with the read: the folder may be gone by now (a writer
+        # prunes old bundles), and all that is needed was read in that one pass.
+        manifest_sha = store.manifest["files"][bundles.ENCODER_FILE]["sha256"]
         recorded = store.attrs.get("encoder_sha256")
         if recorded and recorded != manifest_sha:
             raise IncompatibleIndex(
@@ -451,6 +459,7 @@ class Index:
                 force=True,
                 must_exist=True,
             )
+            updated.manifest = bundles.read_manifest(folder)
         self.folder, self.store, self._partition = folder, updated, None
 
     def training_report(self) -> dict[str, Any] | None:
@@ -471,7 +480,7 @@ class Index:
             names[c]: float(t) for c, t in enumerate(self.store.class_thresholds) if np.isfinite(t)
         }
         attrs = self.store.attrs
-        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        size = sum(int(entry["bytes"]) for entry in self.store.manifest.get("files", {}).values())
         return {
             "name": self.path.name,
             "path": str(self.path),

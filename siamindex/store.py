@@ -125,6 +125,7 @@ class IndexStore:
         class_names: name of each class index.
         class_thresholds: (num_classes,) float64 per-class thresholds (NaN: none calibrated).
         attrs: scalar facts (see the module docstring and ``IndexStore.info``).
+        manifest: the bundle's verified manifest, when read from disk.
     """
 
     index: Any
@@ -132,6 +133,7 @@ class IndexStore:
     class_names: tuple[str, ...]
     class_thresholds: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)  # as verified when read
 
     @property
     def embedding_dim(self) -> int:
@@ -294,7 +296,7 @@ class IndexStore:
         """
         import faiss
 
-        verify_files(folder)
+        manifest = verify_files(folder)
         rows, class_names, thresholds, attrs = _read_metadata(folder / METADATA_FILE)
         version = attrs.get("format_version")
         if version not in KNOWN_FORMAT_VERSIONS:
@@ -322,7 +324,7 @@ class IndexStore:
                 f"Index '{folder}' has mismatched dimensions ({said}); rebuild it with its "
                 "encoder: `siamindex build-index --encoder PATH --force`."
             )
-        return cls(index, rows, class_names, thresholds, attrs)
+        return cls(index, rows, class_names, thresholds, attrs, manifest)
 
 
 def _filled_index(rows: Rows, index_type: str, seed: int):  # type: ignore[no-untyped-def]
