@@ -27,5 +27,9 @@ class IncompatibleIndex(SiamIndexError):
     """An index exists but fails verification (checksums, counts, dimensions, format)."""
 
 
+class MissingExtra(SiamIndexError):
+    """An optional dependency (an extra such as ``viz``) is not installed."""
+
+
 class IndexLocked(SiamIndexError):
     """Another process is writing to the index."""

@@ -18,16 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from siamindex.errors import DataError, SiamIndexError
+from siamindex.errors import DataError, MissingExtra
 from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances, true_and_false_claims
 from siamindex.pairs import SEED_EVAL_SAME_FRACTION, make_pairs
 
 FIGURE_DPI = 100
 SAMPLE = 2000
-
-
-class MissingExtra(SiamIndexError):
-    """An optional dependency is not installed."""
 
 
 def require_matplotlib() -> Any:

@@ -252,3 +252,12 @@ def test_info_on_a_file_path(tmp_path):
     (tmp_path / "afile").write_text("x")
     result = CliRunner().invoke(cli, ["info", str(tmp_path / "afile")])
     assert result.exit_code == 1 and "is a file, not an index folder" in result.output
+
+
+def test_cli_choice_lists_mirror_the_library():
+    from siamindex import cli as cli_module
+    from siamindex.model import ENCODERS
+    from siamindex.training import SAMPLERS
+
+    assert cli_module.ENCODER_NAMES == ENCODERS
+    assert cli_module.SAMPLER_NAMES == SAMPLERS
