@@ -66,10 +66,6 @@ class ClassPartition:
             self.rows[int(label)] = rows
             self._indexes[int(label)] = _flat(vectors[rows])
 
-    @property
-    def classes(self) -> list[int]:
-        return sorted(self.rows)
-
     def nearest(
         self,
         queries: np.ndarray,

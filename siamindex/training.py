@@ -111,10 +111,9 @@ class _Progress:
                     self.bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}")
 
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                logs = logs or {}
+                shown = ("loss", "val_loss", "val_contrastive")  # the last is what stops early
                 self.bar.set_postfix(
-                    loss=f"{logs.get('loss', float('nan')):.4f}",
-                    val_loss=f"{logs.get('val_loss', float('nan')):.4f}",
+                    {key: f"{value:.4f}" for key, value in (logs or {}).items() if key in shown}
                 )
                 self.bar.close()
 
