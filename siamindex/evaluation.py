@@ -56,10 +56,14 @@ def pair_distances(vectors: np.ndarray, left: np.ndarray, right: np.ndarray) -> 
 
 
 def pair_metrics(
-    vectors: np.ndarray, labels: np.ndarray, rng: np.random.Generator, threshold: float | None
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    threshold: float | None,
+    same_fraction: float = SEED_EVAL_SAME_FRACTION,
 ) -> dict[str, float | None]:
     """Pair accuracy at ``threshold`` and ROC AUC on seed-protocol pairs of ``vectors``."""
-    pairs = make_pairs(labels, "seed", rng, same_fraction=SEED_EVAL_SAME_FRACTION)
+    pairs = make_pairs(labels, "seed", rng, same_fraction=same_fraction)
     distances = pair_distances(vectors, pairs.left, pairs.right)
     return {
         "pair_accuracy": None

@@ -14,8 +14,8 @@ import numpy as np
 
 from siamindex import model as encoders
 from siamindex.data import Dataset, load_dataset, sha256_file
-from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances
-from siamindex.metrics import max_accuracy_threshold, pair_accuracy, roc_auc
+from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances, pair_metrics
+from siamindex.metrics import max_accuracy_threshold
 from siamindex.pairs import SEED_EVAL_SAME_FRACTION, SEED_TRAIN_SAME_FRACTION, make_pairs
 
 logger = logging.getLogger(__name__)
@@ -197,19 +197,6 @@ def _fit(
     )
 
 
-def _pair_report(
-    encoder: Any, dataset: Dataset, seed: int, same_fraction: float
-) -> tuple[float, float]:
-    vectors = encoders.embed(encoder, dataset.images)
-    pairs = make_pairs(
-        dataset.labels, "seed", np.random.default_rng(seed), same_fraction=same_fraction
-    )
-    distances = pair_distances(vectors, pairs.left, pairs.right)
-    return pair_accuracy(distances, pairs.is_same, ARTICLE_THRESHOLD), roc_auc(
-        distances, pairs.is_same
-    )
-
-
 def align_to_threshold(encoder: Any, val: Dataset, seed: int) -> tuple[Any, float]:
     """Scale the encoder's output so that the article's fixed 0.5 is its best pair threshold.
 
@@ -272,7 +259,13 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
     encoders.save_encoder(encoder, out)
 
     measured = {
-        name: _pair_report(encoder, part, config.seed + offset, fraction)
+        name: pair_metrics(
+            encoders.embed(encoder, part.images),
+            part.labels,
+            np.random.default_rng(config.seed + offset),
+            ARTICLE_THRESHOLD,
+            same_fraction=fraction,
+        )
         for offset, (name, part, fraction) in enumerate(
             [
                 ("train", train_part, SEED_TRAIN_SAME_FRACTION),
@@ -294,8 +287,8 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         "history": losses,
         "sizes": {"train": len(train_part), "val": len(val_part), "test": len(test)},
         "pair_threshold": ARTICLE_THRESHOLD,
-        "pair_accuracy": {name: acc for name, (acc, _) in measured.items()},
-        "roc_auc": {name: auc for name, (_, auc) in measured.items()},
+        "pair_accuracy": {name: found["pair_accuracy"] for name, found in measured.items()},
+        "roc_auc": {name: found["roc_auc"] for name, found in measured.items()},
         "versions": {"keras": keras.__version__},
     }
     report_path = out.with_suffix(".json")
