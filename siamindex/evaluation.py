@@ -15,7 +15,7 @@ import numpy as np
 from siamindex import metrics
 from siamindex.data import load_dataset
 from siamindex.pairs import SEED_EVAL_SAME_FRACTION, make_pairs
-from siamindex.search import ClassPartition, exact_search
+from siamindex.search import ClassPartition, exact_search, flat_index
 
 ARTICLE_THRESHOLD = 0.5
 # A membership claim holds when this many stored members of the class lie within the threshold.
@@ -210,9 +210,10 @@ def retrieval_metrics(
     k = int(r.max())
     total_ap, nearest = 0.0, np.empty(len(labels), dtype=np.int64)
     step = 500  # (500, R) neighbour lists keep memory near 50 MB on MNIST
+    index = flat_index(stored)  # built once, searched a chunk at a time
     for start in range(0, len(labels), step):
         end = min(start + step, len(labels))
-        _, rows = exact_search(stored, queries[start:end], k, batch_size=step)
+        _, rows = exact_search(index, queries[start:end], k, batch_size=step)
         neighbour_labels = np.asarray(stored_labels)[rows]
         nearest[start:end] = neighbour_labels[:, 0]
         total_ap += metrics.map_at_r(neighbour_labels, labels[start:end], r[start:end]) * (

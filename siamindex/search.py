@@ -5,9 +5,16 @@ FAISS returns squared L2 distances; everything here returns Euclidean distances.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 DEFAULT_QUERY_BATCH = 4096
+
+
+def flat_index(vectors: np.ndarray) -> Any:
+    """An exact FAISS L2 index of (m, d) vectors, for repeated ``exact_search`` calls."""
+    return _flat(vectors)
 
 
 def _flat(vectors: np.ndarray):  # type: ignore[no-untyped-def]
@@ -25,12 +32,16 @@ def euclidean(squared: np.ndarray) -> np.ndarray:
 
 
 def exact_search(
-    base: np.ndarray, queries: np.ndarray, k: int, batch_size: int = DEFAULT_QUERY_BATCH
+    base: np.ndarray | Any,
+    queries: np.ndarray,
+    k: int,
+    batch_size: int = DEFAULT_QUERY_BATCH,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest rows of ``base`` for each query, by exact L2 search.
 
     Args:
-        base: (m, d) float32 stored vectors.
+        base: (m, d) float32 stored vectors, or a flat index of them from ``flat_index`` (to
+            search one stored set many times without building it again).
         queries: (n, d) float32.
         k: neighbours per query, 1 <= k <= m.
         batch_size: queries per FAISS call, bounding the (batch_size, k) result memory.
@@ -38,7 +49,7 @@ def exact_search(
     Returns:
         (distances, rows): (n, k) float32 Euclidean distances, nearest first, and (n, k) int64 rows.
     """
-    index = _flat(base)
+    index = _flat(base) if isinstance(base, np.ndarray) else base
     distances = np.empty((len(queries), k), dtype=np.float32)
     rows = np.empty((len(queries), k), dtype=np.int64)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
