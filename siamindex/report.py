@@ -51,6 +51,9 @@ class ReportData:
     own_rows: np.ndarray  # (n,) stored row of the same image, or -1
     class_names: tuple[str, ...]
     threshold: float
+    claim_distances: np.ndarray  # (2n,) support distance of each true-or-wrong-class claim
+    claim_is_member: np.ndarray  # (2n,) whether the claim is true
+    claim_classes: np.ndarray  # (2n,) the class claimed
 
 
 def gather(index: Any, seed: int = 0, sample: int = SAMPLE) -> ReportData:
@@ -72,7 +75,22 @@ def gather(index: Any, seed: int = 0, sample: int = SAMPLE) -> ReportData:
 
     by_hash = {h: r for r, h in enumerate(index.store.rows.image_sha256)}
     own = np.array([by_hash.get(h, -1) for h in image_hashes(images)], dtype=np.int64)
-    return ReportData(images, labels, index.embed(images), own, names, index.store.threshold)
+    vectors = index.embed(images)
+    claims = true_and_false_claims(labels, np.random.default_rng(seed + 1))
+    _, _, distances = index.partition.nearest(
+        vectors[claims.rows], claims.classes, exclude_rows=own[claims.rows], support=index.support
+    )
+    return ReportData(
+        images,
+        labels,
+        vectors,
+        own,
+        names,
+        index.store.threshold,
+        distances,
+        claims.is_member,
+        claims.classes,
+    )
 
 
 def stored_images(index: Any, rows: np.ndarray) -> list[np.ndarray | None]:
@@ -92,18 +110,6 @@ def stored_images(index: Any, rows: np.ndarray) -> list[np.ndarray | None]:
             cache[split] = load_dataset(None if source == "mnist" else source, split)
         out.append(cache[split].images[where])
     return out
-
-
-def _claims(index: Any, data: ReportData, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distances, is_member, claimed class) of true-and-wrong-class claims of the sample."""
-    claims = true_and_false_claims(data.labels, np.random.default_rng(seed + 1))
-    _, _, distances = index.partition.nearest(
-        data.vectors[claims.rows],
-        claims.classes,
-        exclude_rows=data.own_rows[claims.rows],
-        support=index.support,
-    )
-    return distances, claims.is_member, claims.classes
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -146,7 +152,7 @@ def figure_histograms(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     pairs = make_pairs(data.labels, "seed", np.random.default_rng(seed), SEED_EVAL_SAME_FRACTION)
     distances = pair_distances(data.vectors, pairs.left, pairs.right)
     same = pairs.is_same == 1
-    claim_distances, member, _ = _claims(index, data, seed)
+    claim_distances, member = data.claim_distances, data.claim_is_member
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     bins = np.linspace(0, np.percentile(distances, 99.5), 60)
     left.hist(distances[same], bins=bins, alpha=0.7, label="same class")
@@ -179,7 +185,7 @@ def figure_roc(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     """ROC of membership claims with its AUC; precision and recall against the threshold."""
     from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
-    distances, member, _ = _claims(index, data, seed)
+    distances, member = data.claim_distances, data.claim_is_member
     scores = -np.where(np.isfinite(distances), distances, 1e9)
     fpr, tpr, roc_thresholds = roc_curve(member, scores)
     auc = roc_auc_score(member, scores)
@@ -281,7 +287,7 @@ def figure_membership(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     class i is accepted (diagonal: recall; off the diagonal: false acceptances)."""
     from siamindex import metrics
 
-    distances, member, classes = _claims(index, data, seed)
+    distances, member, classes = data.claim_distances, data.claim_is_member, data.claim_classes
     accepted = distances <= data.threshold
     present = np.unique(data.labels)
     f1 = [
