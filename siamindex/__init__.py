@@ -3,30 +3,42 @@
 Importing the package is light: TensorFlow loads only when an encoder is built, trained or used.
 """
 
+from siamindex.build import BuildSettings, build_index
 from siamindex.errors import (
+    BadIndexType,
+    BadSearchSetting,
     DataError,
     EncoderError,
     IncompatibleIndex,
+    IndexExists,
     IndexLocked,
     IndexNotFound,
     SiamIndexError,
 )
-from siamindex.index import Index
-from siamindex.query import Comparison, Match, MembershipResult, QueryResult
-
-__version__ = "0.1.0"
+from siamindex.facts import IndexFacts
+from siamindex.index import Index, IndexInfo
+from siamindex.query import Comparison, Match, MembershipResult, QueryResult, to_json
+from siamindex.version import __version__
 
 __all__ = [
+    "BadIndexType",
+    "BadSearchSetting",
+    "BuildSettings",
     "Comparison",
-    "Index",
-    "Match",
-    "MembershipResult",
-    "QueryResult",
     "DataError",
     "EncoderError",
     "IncompatibleIndex",
+    "Index",
+    "IndexExists",
+    "IndexFacts",
+    "IndexInfo",
     "IndexLocked",
     "IndexNotFound",
+    "Match",
+    "MembershipResult",
+    "QueryResult",
     "SiamIndexError",
     "__version__",
+    "build_index",
+    "to_json",
 ]

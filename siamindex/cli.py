@@ -10,17 +10,38 @@ import functools
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from siamindex.errors import SiamIndexError
+from siamindex.defaults import (
+    ALIASES,
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INDEX,
+    DEFAULT_SUPPORT,
+    INDEX_ENV,
+    SAMPLERS,
+)
+from siamindex.errors import BadIndexType, BadSearchSetting, OldSpelling, SiamIndexError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ENCODER_NAMES = ("seed-mlp", "cnn")  # mirrors model.ENCODERS without importing TensorFlow
-SAMPLER_NAMES = ("seed", "balanced", "in-batch")  # mirrors training.SAMPLERS
+# Library errors that are about one option: shown as a usage error (exit 2) naming it.
+_OPTION_ERRORS: dict[type[SiamIndexError], str] = {
+    BadIndexType: "--index-type",
+    BadSearchSetting: "--nprobe/--ef-search",
+}
+
+
+def _deprecated(message: str) -> None:
+    """One line on stderr: an old spelling was used, and what to write instead."""
+    click.echo(f"Deprecated: {message}", err=True)
 
 
 def _errors_to_messages(command: F) -> F:
@@ -29,9 +50,18 @@ def _errors_to_messages(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", OldSpelling)
+                try:
+                    return command(*args, **kwargs)
+                finally:
+                    for seen in caught:
+                        if issubclass(seen.category, OldSpelling):
+                            _deprecated(str(seen.message))
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except tuple(_OPTION_ERRORS) as exc:
+            raise click.BadParameter(str(exc), param_hint=_OPTION_ERRORS[type(exc)]) from None
         except SiamIndexError as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
@@ -119,20 +149,45 @@ def cli(verbose: bool) -> None:
         logging.getLogger("siamindex").setLevel(logging.INFO)
 
 
+def _one_of(kind: str, choices: Sequence[str]) -> Callable[..., str | None]:
+    """A click callback accepting ``choices`` or an old spelling of one (with a notice)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None or value in choices:
+            return value
+        new = ALIASES.get(kind, {}).get(value)
+        if new is None:
+            listed = ", ".join(f"'{c}'" for c in choices)
+            raise click.BadParameter(f"'{value}' is not one of {listed}.")
+        _deprecated(f"{kind} '{value}' is now called '{new}'.")
+        return new
+
+    return check
+
+
 @cli.command()
 @click.option(
+    "--architecture",
+    callback=_one_of("architecture", ARCHITECTURES),
+    default=None,
+    metavar="[" + "|".join(ARCHITECTURES) + "]",
+    help="article-mlp is the article's network; cnn (default) is faster and better.",
+)
+@click.option(
     "--encoder",
-    type=click.Choice(ENCODER_NAMES),
-    default="cnn",
-    show_default=True,
-    help="seed-mlp is the article's network; cnn is the default, faster and better.",
+    "old_architecture",
+    callback=_one_of("architecture", ARCHITECTURES),
+    default=None,
+    hidden=True,
+    help="Deprecated spelling of --architecture (--encoder is always a file now).",
 )
 @click.option(
     "--sampler",
-    type=click.Choice(SAMPLER_NAMES),
+    callback=_one_of("sampler", SAMPLERS),
     default=None,
-    help="Pairs: seed (the article's), balanced, or in-batch (every pair in each batch). "
-    "Default: seed for seed-mlp, in-batch for cnn.",
+    metavar="[" + "|".join(SAMPLERS) + "]",
+    help="Pairs: article (one pair per image, the article's), balanced, or in-batch (every "
+    "pair in each batch). Default: article for article-mlp, in-batch for cnn.",
 )
 @click.option(
     "--epochs",
@@ -152,7 +207,7 @@ def cli(verbose: bool) -> None:
     "--embedding-dim",
     type=click.IntRange(min=1, max=4096),
     default=None,
-    help="Embedding width. Default: 128 for seed-mlp, 64 for cnn.",
+    help="Embedding width. Default: 128 for article-mlp, 64 for cnn.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Drives every random choice.")
 @click.option(
@@ -182,16 +237,30 @@ def cli(verbose: bool) -> None:
 @format_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @_errors_to_messages
-def train(output_format: str, quiet: bool, out: str, **settings: Any) -> None:
+def train(
+    output_format: str,
+    quiet: bool,
+    out: str,
+    architecture: str | None,
+    old_architecture: str | None,
+    **settings: Any,
+) -> None:
     """Train an encoder with contrastive loss and write it with a JSON report."""
     if not out.endswith(".keras"):
         raise click.BadParameter(
             f"'{out}' must end in .keras, e.g. models/encoder.keras.", param_hint="--out"
         )
+    if old_architecture is not None:
+        if architecture is not None:
+            raise click.UsageError("Give --architecture only; --encoder is its old spelling.")
+        _deprecated("train --encoder NAME is now --architecture NAME.")
     from siamindex.training import TrainConfig
     from siamindex.training import train as run_training
 
-    result = run_training(TrainConfig(**settings), out, progress=not quiet)
+    config = TrainConfig(
+        architecture=architecture or old_architecture or DEFAULT_ARCHITECTURE, **settings
+    )
+    result = run_training(config, out, progress=not quiet)
     report = result.report
     if output_format == "json":
         click.echo(json.dumps(report, indent=2))
@@ -277,20 +346,38 @@ def _parse_splits(ctx: click.Context, param: click.Parameter, value: str) -> tup
 index_option = click.option(
     "--index",
     "index_name",
-    default="mnist",
+    default=DEFAULT_INDEX,
     show_default=True,
-    envvar="SIAMINDEX_INDEX",
-    help="Index name (under ./indexes or $SIAMINDEX_INDEXES) or path.",
+    envvar=INDEX_ENV,
+    help=f"Index name (under ./indexes or $SIAMINDEX_INDEXES) or path. Also read from {INDEX_ENV}.",
 )
+output_option = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="A readable table, or JSON / CSV for programs.",
+)
+resize_option = click.option(
+    "--resize", is_flag=True, help="Resize image files that are not 28x28."
+)
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+
+
+def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str) -> str:
+    """The index to use, from --index or an old spelling of it (with a notice)."""
+    if old is None:
+        return index_name
+    if ctx.get_parameter_source("index_name") == ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"Give the index once, with --index; {how} is its old spelling.")
+    _deprecated(f"{how} is now --index NAME.")
+    return old
 
 
 @cli.command("build-index")
-@click.option(
-    "--name",
-    default="mnist",
-    show_default=True,
-    help="Index name (written to ./indexes/NAME, or $SIAMINDEX_INDEXES/NAME) or a path.",
-)
+@index_option
+@click.option("--name", "old_name", default=None, hidden=True, help="Old spelling of --index.")
 @click.option(
     "--encoder",
     "encoder_path",
@@ -316,7 +403,7 @@ index_option = click.option(
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=1024,
+    default=DEFAULT_BATCH_SIZE,
     show_default=True,
     help="Images per encoder call.",
 )
@@ -330,7 +417,7 @@ index_option = click.option(
 @click.option(
     "--support",
     type=click.IntRange(min=1),
-    default=3,
+    default=DEFAULT_SUPPORT,
     show_default=True,
     help="A membership claim holds when this many stored members of the class lie within the "
     "threshold (1: the nearest member alone decides).",
@@ -339,60 +426,71 @@ index_option = click.option(
     "--force", is_flag=True, help="Replace an existing index (once the new one is complete)."
 )
 @format_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
+@click.pass_context
 @_errors_to_messages
 def build_index(
-    name: str,
+    ctx: click.Context,
+    /,
+    index_name: str,
+    old_name: str | None,
     encoder_path: str | None,
-    splits: tuple[str, ...],
-    data_dir: str | None,
-    resize: bool,
-    index_type: str,
-    batch_size: int,
-    target_precision: float | None,
-    seed: int,
-    support: int,
-    force: bool,
     output_format: str,
     quiet: bool,
+    **settings: Any,
 ) -> None:
     """Embed a dataset (default: all 70,000 MNIST images) into a FAISS index bundle."""
-    from siamindex.index import Index
+    import tempfile
 
-    try:
-        index = Index.build(
-            name,
-            encoder=encoder_path,
-            data_dir=data_dir,
-            splits=splits,
-            index_type=index_type,
-            batch_size=batch_size,
-            force=force,
-            target_precision=target_precision,
-            resize=resize,
-            progress=not quiet,
-            seed=seed,
-            support=support,
-        )
-    except ValueError as exc:  # FAISS type or training problems
-        raise click.BadParameter(str(exc), param_hint="--index-type") from None
-    _print_info(index.info(), output_format, phases=index.build_phases)
+    from siamindex.build import BuildSettings, check_settings
+    from siamindex.build import build_index as run_build
+
+    build = BuildSettings(
+        encoder="",
+        index=_index_named(ctx, index_name, old_name, "build-index --name NAME"),
+        progress=not quiet,
+        **settings,
+    )
+    with tempfile.TemporaryDirectory(prefix="siamindex-train-") as scratch:
+        if encoder_path is None:
+            check_settings(build)  # before minutes of training, not after
+            encoder_path = _train_default(Path(scratch), settings["data_dir"], quiet)
+        index, phases = run_build(dataclasses.replace(build, encoder=encoder_path))
+    facts = {
+        **index.info().to_dict(),
+        "build_seconds": phases.seconds,
+        "build_peak_mb": phases.peak_mb,
+    }
+    _print_info(facts, output_format)
+
+
+def _train_default(scratch: Path, data_dir: str | None, quiet: bool) -> str:
+    """Train the default encoder into ``scratch`` (build-index without --encoder)."""
+    from siamindex.training import TrainConfig
+    from siamindex.training import train as run_training
+
+    click.echo("No --encoder given: training the default encoder first.", err=True)
+    result = run_training(
+        TrainConfig(data_dir=data_dir), scratch / "encoder.keras", progress=not quiet
+    )
+    return str(result.path)
 
 
 @cli.command()
-@click.argument("name", default="mnist")
+@index_option
+@click.argument("old_name", required=False, metavar="")
 @format_option
+@click.pass_context
 @_errors_to_messages
-def info(name: str, output_format: str) -> None:
+def info(ctx: click.Context, index_name: str, old_name: str | None, output_format: str) -> None:
     """Show what an index holds: counts, dimension, type, encoder, thresholds, versions."""
     from siamindex.index import Index
 
-    _print_info(Index.open(name).info(), output_format)
+    name = _index_named(ctx, index_name, old_name, "info NAME")
+    _print_info(Index.open(name).info().to_dict(), output_format)
 
 
-def _print_info(facts: dict[str, Any], output_format: str, phases: Any = None) -> None:
-    if phases is not None:
-        facts = {**facts, "build_seconds": phases.seconds, "build_peak_mb": phases.peak_mb}
+def _print_info(facts: dict[str, Any], output_format: str) -> None:
     if output_format == "json":
         click.echo(json.dumps(facts, indent=2))
         return
@@ -405,10 +503,10 @@ def _print_info(facts: dict[str, Any], output_format: str, phases: Any = None) -
     lines = [
         f"index        {facts['path']} -> {facts['bundle']}",
         f"count        {facts['count']} ({splits})",
-        f"vectors      {facts['embedding_dim']}-d, {facts['metric']}, "
+        f"vectors      {facts['embedding_dim']}-d, {facts['distance']} distance, "
         f"index type {facts['index_type']}",
-        f"threshold    {_number(facts['threshold'])} ({facts['threshold_distance']} distance; "
-        f"{facts['threshold_method']})",
+        f"threshold    {_number(facts['threshold'])} ({facts['threshold_method']}); a claim needs "
+        f"{facts['support']} member(s) within it",
         f"pairs        'same' when distance < {_number(facts['pair_threshold'])} (compare)",
         f"encoder      sha256 {facts['encoder_sha256']}",
         f"dataset      sha256 {facts['dataset_fingerprint']}",
@@ -426,31 +524,82 @@ def _print_info(facts: dict[str, Any], output_format: str, phases: Any = None) -
 
 
 @cli.command()
-@click.argument("name")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--label", required=True, help="The class of the images.")
-@click.option("--new-class", is_flag=True, help="Allow a label the index does not have yet.")
-@click.option("--resize", is_flag=True, help="Resize image files that are not 28x28.")
+@index_option
+@click.option("--class", "class_name", default=None, help="The class of the images.")
+@click.option("--label", "old_label", default=None, hidden=True, help="Old spelling of --class.")
+@click.option("--new-class", is_flag=True, help="Allow a class the index does not have yet.")
+@resize_option
+@click.pass_context
 @_errors_to_messages
-def add(name: str, images: tuple[str, ...], label: str, new_class: bool, resize: bool) -> None:
+def add(
+    ctx: click.Context,
+    images: tuple[str, ...],
+    index_name: str,
+    class_name: str | None,
+    old_label: str | None,
+    new_class: bool,
+    resize: bool,
+) -> None:
     """Add images of one class to an index, without a rebuild. Prints the new ids."""
     from siamindex.index import Index
     from siamindex.inputs import load_images
 
-    index = Index.open(name)
+    if old_label is not None:
+        if class_name is not None:
+            raise click.UsageError(
+                "Give the class once, with --class; --label is its old spelling."
+            )
+        _deprecated("add --label C is now add --class C.")
+        class_name = old_label
+    if class_name is None:
+        raise click.UsageError("add needs --class C, the class of the images.")
+    index_name, images = _old_positional_index(ctx, index_name, images, "add NAME IMAGE...")
+    index = Index.open(index_name)
     loaded = load_images(images, resize=resize)
-    ids = index.add(loaded.pixels, label, new_class=new_class)
-    click.echo(f"added {len(ids)} image(s) as class {label}: ids {_id_list(ids)}")
+    ids = index.add(loaded.pixels, class_name, new_class=new_class)
+    click.echo(f"added {len(ids)} image(s) as class {class_name}: ids {_id_list(ids)}")
+
+
+def _old_positional_index(
+    ctx: click.Context, index_name: str, images: tuple[str, ...], how: str
+) -> tuple[str, tuple[str, ...]]:
+    """Take an old leading positional index name off IMAGE arguments, with a notice.
+
+    The old form was ``add NAME IMAGE...``: a first argument that names an existing index
+    (and is not itself an image file or dataset item) is taken as the index.
+    """
+    from siamindex.bundle import index_path
+
+    first = images[0]
+    if (
+        len(images) < 2
+        or ctx.get_parameter_source("index_name") == ParameterSource.COMMANDLINE
+        or ":" in first
+        or Path(first).is_file()
+    ):
+        return index_name, images
+    try:
+        is_index = index_path(first).is_dir()
+    except SiamIndexError:
+        return index_name, images
+    if not is_index:
+        return index_name, images
+    _deprecated(f"{how} is now --index NAME IMAGE....")
+    return first, images[1:]
 
 
 @cli.command()
-@click.argument("name")
+@index_option
+@click.argument("old_name", required=False, metavar="")
 @click.option("--ids", required=True, help="Ids to remove: 5,7,10-20.")
+@click.pass_context
 @_errors_to_messages
-def remove(name: str, ids: str) -> None:
+def remove(ctx: click.Context, index_name: str, old_name: str | None, ids: str) -> None:
     """Remove stored images by id, without a rebuild. Other ids do not change."""
     from siamindex.index import Index
 
+    name = _index_named(ctx, index_name, old_name, "remove NAME")
     wanted = _parse_ids(ids)
     Index.open(name).remove(wanted)
     click.echo(f"removed {len(set(wanted))} id(s) from {name}")
@@ -477,20 +626,6 @@ def _id_list(ids: Any) -> str:
     if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}"
     return ",".join(map(str, ids))
-
-
-output_option = click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_default=True,
-    help="A readable table, or JSON / CSV for programs.",
-)
-resize_option = click.option(
-    "--resize", is_flag=True, help="Resize image files that are not 28x28."
-)
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 
 
 def _emit_csv(header: list[str], rows: list[list[Any]]) -> None:
@@ -542,6 +677,7 @@ def query(
     """
     from siamindex.index import Index
     from siamindex.inputs import load_images
+    from siamindex.query import to_json
 
     if show_path:
         from siamindex.report import require_matplotlib
@@ -549,22 +685,27 @@ def query(
         require_matplotlib()
     index = Index.open(index_name)
     loaded = load_images(images, resize=resize)
-    try:
-        results = index.query(
-            loaded.pixels, k, loaded.names, nprobe=nprobe, ef_search=ef_search, progress=not quiet
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--nprobe/--ef-search") from None
+    results = index.query(
+        loaded.pixels, k, loaded.names, nprobe=nprobe, ef_search=ef_search, progress=not quiet
+    )
     if show_path:
         from siamindex.report import write_query_figure
 
         write_query_figure(index, loaded.pixels, loaded.names, results, show_path)
     if output_format == "json":
-        click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+        click.echo(json.dumps(to_json(results), indent=2))
         return
-    header = ["query", "predicted", "rank", "id", "label", "split", "distance"]
+    header = ["query", "predicted", "rank", "id", "class", "split", "distance"]
     rows = [
-        [r.query, r.predicted or "no match", m.rank, m.id, m.label, m.split, f"{m.distance:.4f}"]
+        [
+            r.query,
+            r.predicted or "no match",
+            m.rank,
+            m.id,
+            m.class_name,
+            m.split,
+            f"{m.distance:.4f}",
+        ]
         for r in results
         for m in r.matches
     ]
@@ -583,14 +724,14 @@ def query(
 @cli.command()
 @click.argument("images", nargs=-1)
 @click.option(
-    "--class", "group", default=None, help="The class every IMAGE is claimed to belong to."
+    "--class", "class_name", default=None, help="The class every IMAGE is claimed to belong to."
 )
 @click.option(
     "--claims",
     "claims_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="CSV with columns image,class and optionally label (the true class).",
+    help="CSV with columns image,class and optionally true_class.",
 )
 @index_option
 @click.option("--per-class", is_flag=True, help="Use each class's calibrated threshold.")
@@ -600,7 +741,7 @@ def query(
 @_errors_to_messages
 def check(
     images: tuple[str, ...],
-    group: str | None,
+    class_name: str | None,
     claims_file: str | None,
     index_name: str,
     per_class: bool,
@@ -611,76 +752,84 @@ def check(
     """Answer claims "this image belongs to class C", in batches.
 
     Either --class C with IMAGE arguments, or --claims FILE.csv. A claim is true when the
-    nearest stored member of C is within the threshold. Exit code 0 even when claims are false.
+    nearest stored members of C (see `info`: support) are within the threshold. Exit code 0
+    even when claims are false.
     """
-    if (group is None) == (claims_file is None):
+    if (class_name is None) == (claims_file is None):
         raise click.UsageError("Give either --class C with IMAGE arguments, or --claims FILE.csv.")
-    if group is not None and not images:
+    if class_name is not None and not images:
         raise click.UsageError(
             "--class needs IMAGE arguments, e.g. siamindex check --class 7 a.png."
         )
     if claims_file is not None and images:
         raise click.UsageError("--claims takes its images from the CSV; drop the IMAGE arguments.")
     from siamindex.index import Index
-    from siamindex.inputs import load_images, read_claims
     from siamindex.query import membership_summary
 
     index = Index.open(index_name)
+    pixels, names, classes, truth = _claims(index, images, class_name, claims_file, resize)
+    results = index.check(pixels, classes, per_class, names, truth, progress=not quiet)
+    _print_check(results, membership_summary(results), output_format)
+
+
+def _claims(
+    index: Any,
+    images: tuple[str, ...],
+    class_name: str | None,
+    claims_file: str | None,
+    resize: bool,
+) -> tuple[Any, list[str], list[str], list[str | None]]:
+    """(pixels, names, claimed classes, true classes) from a claims CSV or --class IMAGE..."""
+    from siamindex.inputs import load_images, read_claims
+
     if claims_file is not None:
         claims = read_claims(claims_file, resize=resize)
         _check_claim_classes(index, claims, claims_file)
-        pixels, names, classes, labels = (
-            claims.images.pixels,
-            claims.images.names,
-            claims.classes,
-            claims.labels,
-        )
-    else:
-        loaded = load_images(images, resize=resize)
-        pixels, names, classes = loaded.pixels, loaded.names, [str(group)] * len(loaded)
-        labels = [
-            index.store.class_names[t] if 0 <= t < len(index.store.class_names) else None
-            for t in loaded.labels
-        ]
-    results = index.check(pixels, classes, per_class, names, labels, progress=not quiet)
-    summary = membership_summary(results)
+        return claims.images.pixels, claims.images.names, claims.classes, claims.true_classes
+    loaded = load_images(images, resize=resize)
+    known = index.store.class_names
+    truth = [known[t] if 0 <= t < len(known) else None for t in loaded.labels]
+    return loaded.pixels, loaded.names, [str(class_name)] * len(loaded), truth
+
+
+CHECK_CSV_HEADER = [
+    "image",
+    "class",
+    "member",
+    "distance",
+    "support_distance",
+    "threshold",
+    "threshold_kind",
+    "nearest_id",
+    "true_class",
+]
+
+
+def _print_check(results: Sequence[Any], summary: Any, output_format: str) -> None:
+    from siamindex.query import to_json
+
     if output_format == "json":
-        click.echo(
-            json.dumps(
-                {"results": [dataclasses.asdict(r) for r in results], "summary": summary}, indent=2
-            )
-        )
+        click.echo(json.dumps({"results": to_json(results), "summary": summary}, indent=2))
         return
-    header = [
-        "image",
-        "class",
-        "member",
-        "distance",
-        "support_distance",
-        "threshold",
-        "threshold_kind",
-        "nearest_id",
-        "true_label",
-    ]
     rows = [
         [
             r.query,
-            r.group,
+            r.class_name,
             str(r.is_member).lower(),
             f"{r.distance:.4f}",
             f"{r.support_distance:.4f}",
             f"{r.threshold:.4f}",
             r.threshold_kind,
             r.nearest_id,
-            r.true_label or "",
+            r.true_class or "",
         ]
         for r in results
     ]
     if output_format == "csv":
-        _emit_csv(header, rows)
+        _emit_csv(CHECK_CSV_HEADER, rows)
         return
     if len(rows) <= 200:
-        click.echo(_table([tuple(map(str, row)) for row in rows], tuple(header)))
+        click.echo(_table([tuple(map(str, row)) for row in rows], tuple(CHECK_CSV_HEADER)))
     members = sum(r.is_member for r in results)
     support = results[0].support if results else 1
     click.echo(
@@ -694,8 +843,8 @@ def check(
 
 def _check_claim_classes(index: Any, claims: Any, path: str) -> None:
     known = set(index.store.class_names)
-    for line, group, label in zip(claims.lines, claims.classes, claims.labels, strict=True):
-        for what, value in (("class", group), ("label", label)):
+    for line, claimed, truth in zip(claims.lines, claims.classes, claims.true_classes, strict=True):
+        for what, value in (("class", claimed), ("true_class", truth)):
             if value is not None and value not in known:
                 raise click.ClickException(
                     f"{path}, line {line}: unknown {what} '{value}'; this index has classes "
@@ -747,16 +896,17 @@ def compare(
 ) -> None:
     """Distance between two images and the verdict "same" or "different"."""
     from siamindex.inputs import load_images
+    from siamindex.query import to_json
 
     pair = load_images([first, second], resize=resize)
     if len(pair) != 2:
         raise click.UsageError("compare takes exactly two images; name single rows (FILE.npy:ROW).")
     if encoder_path:
-        from siamindex.evaluation import ARTICLE_THRESHOLD
-        from siamindex.model import embed, load_encoder
+        from siamindex.defaults import ARTICLE_THRESHOLD
+        from siamindex.embedding import load_embedder
         from siamindex.query import compare as compare_vectors
 
-        vectors = embed(load_encoder(encoder_path), pair.pixels)
+        vectors = load_embedder(encoder_path)(pair.pixels)
         result = compare_vectors(
             vectors[0], vectors[1], (pair.names[0], pair.names[1]), ARTICLE_THRESHOLD
         )
@@ -767,7 +917,7 @@ def compare(
             pair.pixels[0], pair.pixels[1], (pair.names[0], pair.names[1])
         )
     if output_format == "json":
-        click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+        click.echo(json.dumps(to_json(result), indent=2))
         return
     verdict = "same" if result.same else "different"
     click.echo(

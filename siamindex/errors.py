@@ -33,3 +33,15 @@ class MissingExtra(SiamIndexError):
 
 class IndexLocked(SiamIndexError):
     """Another process is writing to the index."""
+
+
+class BadIndexType(SiamIndexError):
+    """FAISS does not understand an index type, or cannot train it on the data given."""
+
+
+class BadSearchSetting(SiamIndexError):
+    """A search setting (nprobe, ef_search) does not apply to the index's type."""
+
+
+class OldSpelling(DeprecationWarning):
+    """An old name of an option value or a column was used; the message names the new one."""

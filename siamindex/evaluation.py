@@ -14,15 +14,10 @@ import numpy as np
 
 from siamindex import metrics
 from siamindex.data import load_dataset
-from siamindex.pairs import SEED_EVAL_SAME_FRACTION, make_pairs
+from siamindex.defaults import ARTICLE_THRESHOLD, DEFAULT_SUPPORT
+from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, make_pairs
 from siamindex.search import ClassPartition, exact_search, flat_index
 
-ARTICLE_THRESHOLD = 0.5
-# A membership claim holds when this many stored members of the class lie within the threshold.
-# One stray or mislabelled stored image (MNIST has some) then cannot make a whole neighbouring
-# class "members": with 1, a single train "3" inside the 5s accepted 85% of "is a 3" claims
-# about 5s.
-DEFAULT_SUPPORT = 3
 CALIBRATION_SAMPLE = 10_000
 
 
@@ -60,10 +55,10 @@ def pair_metrics(
     labels: np.ndarray,
     rng: np.random.Generator,
     threshold: float | None,
-    same_fraction: float = SEED_EVAL_SAME_FRACTION,
+    same_fraction: float = ARTICLE_EVAL_SAME_FRACTION,
 ) -> dict[str, float | None]:
-    """Pair accuracy at ``threshold`` and ROC AUC on seed-protocol pairs of ``vectors``."""
-    pairs = make_pairs(labels, "seed", rng, same_fraction=same_fraction)
+    """Pair accuracy at ``threshold`` and ROC AUC on article-protocol pairs of ``vectors``."""
+    pairs = make_pairs(labels, "article", rng, same_fraction=same_fraction)
     distances = pair_distances(vectors, pairs.left, pairs.right)
     return {
         "pair_accuracy": None
@@ -159,14 +154,16 @@ def calibrate_pairs(
     rng: np.random.Generator,
     sample: int = CALIBRATION_SAMPLE,
 ) -> tuple[float, float]:
-    """The pair threshold ("same" when distance < it) with the best accuracy on seed-protocol
+    """The pair threshold ("same" when distance < it) with the best accuracy on article-protocol
     pairs of a sample of stored rows, an image never paired with itself.
 
     Returns:
         (threshold, accuracy at it).
     """
     rows = np.sort(rng.choice(len(labels), size=min(sample, len(labels)), replace=False))
-    pairs = make_pairs(np.asarray(labels)[rows], "seed", rng, same_fraction=SEED_EVAL_SAME_FRACTION)
+    pairs = make_pairs(
+        np.asarray(labels)[rows], "article", rng, same_fraction=ARTICLE_EVAL_SAME_FRACTION
+    )
     distinct = pairs.left != pairs.right
     distances = pair_distances(stored[rows], pairs.left[distinct], pairs.right[distinct])
     return metrics.max_accuracy_threshold(distances, pairs.is_same[distinct])

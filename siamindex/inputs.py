@@ -13,6 +13,7 @@ An IMAGE is one of:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from siamindex.data import (
     load_image_file,
     read_idx,
 )
-from siamindex.errors import DataError
+from siamindex.errors import DataError, OldSpelling
 
 _DATASET_ITEM = re.compile(r"^mnist:(?P<split>\w+)(?::(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
 _NPY_ROW = re.compile(r"^(?P<path>.+\.npy):(?P<row>\d+)$", re.IGNORECASE)
@@ -177,16 +178,18 @@ def load_images(specs: Sequence[str], resize: bool = False) -> Images:
 
 @dataclass(frozen=True)
 class ClaimsFile:
-    """Claims read from a CSV: "image i belongs to class classes[i]" (truth in labels[i])."""
+    """Claims read from a CSV: "image i belongs to class classes[i]" (the truth, when known,
+    in true_classes[i])."""
 
     images: Images
     classes: list[str]
-    labels: list[str | None]
+    true_classes: list[str | None]
     lines: list[int]
 
 
 def read_claims(path: str | Path, resize: bool = False) -> ClaimsFile:
-    """Read a claims CSV with columns ``image`` and ``class`` and an optional ``label``.
+    """Read a claims CSV with columns ``image`` and ``class`` and an optional ``true_class``
+    (``label``, its old name, still works with a deprecation warning).
 
     ``image`` takes any IMAGE form, or ``FILE.npy:ROW``; relative paths are taken from the
     CSV's own folder. Blank lines are skipped; a UTF-8 byte-order mark is allowed. Each file
@@ -223,11 +226,19 @@ def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
     if missing:
         raise DataError(
             f"Claims file '{path}' lacks column(s) {', '.join(missing)}; its first line must be a "
-            "header such as image,class or image,class,label."
+            "header such as image,class or image,class,true_class."
         )
-    where = {name: columns.index(name) for name in ("image", "class", "label") if name in columns}
+    if "label" in columns and "true_class" not in columns:
+        warnings.warn(
+            f"claims column 'label' in '{path}' is now called 'true_class'.",
+            OldSpelling,
+            stacklevel=3,
+        )
+        columns[columns.index("label")] = "true_class"
+    names_of = ("image", "class", "true_class")
+    where = {name: columns.index(name) for name in names_of if name in columns}
     cache: dict[str, tuple[np.ndarray, list[str], np.ndarray]] = {}
-    pixels, names, classes, labels, lines = [], [], [], [], []
+    pixels, names, classes, truths, lines = [], [], [], [], []
     for row in reader:
         line = reader.line_num
         if not any(cell.strip() for cell in row):
@@ -238,8 +249,8 @@ def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
             raise DataError(
                 f"{path}, line {line}: {len(row)} fields but the header has {len(columns)}."
             )
-        image, group = row[where["image"]].strip(), row[where["class"]].strip()
-        if not image or not group:
+        image, claimed = row[where["image"]].strip(), row[where["class"]].strip()
+        if not image or not claimed:
             raise DataError(f"{path}, line {line}: empty image or class field.")
         spec = _relative_to(image, path.parent)
         try:
@@ -255,14 +266,14 @@ def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
             )
         pixels.append(loaded[0][0])
         names.append(image)
-        classes.append(group)
-        label = row[where["label"]].strip() if "label" in where else ""
-        labels.append(label or None)
+        classes.append(claimed)
+        truth = row[where["true_class"]].strip() if "true_class" in where else ""
+        truths.append(truth or None)
         lines.append(line)
     if not pixels:
         raise DataError(f"Claims file '{path}' has a header but no claims.")
     images = Images(np.stack(pixels), names, np.full(len(names), -1, dtype=np.int64))
-    return ClaimsFile(images, classes, labels, lines)
+    return ClaimsFile(images, classes, truths, lines)
 
 
 def _relative_to(spec: str, folder: Path) -> str:

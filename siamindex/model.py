@@ -48,9 +48,13 @@ _import_tensorflow_quietly()
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-ENCODERS = ("seed-mlp", "cnn")
-DEFAULT_EMBEDDING_DIM = {"seed-mlp": 128, "cnn": 64}
-DEFAULT_BATCH_SIZE = 1024  # images per encoder call when embedding
+from siamindex.defaults import (  # noqa: E402
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EMBEDDING_DIM,
+    canonical,
+)
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 
@@ -153,7 +157,7 @@ def plain_in_batch_contrastive(margin: float) -> keras.metrics.Metric:
     return keras.metrics.MeanMetricWrapper(measure, name="contrastive")
 
 
-def _seed_mlp(embedding_dim: int) -> list[layers.Layer]:
+def _article_mlp(embedding_dim: int) -> list[layers.Layer]:
     # Exactly the article's branch (plus the input rescaling the article did outside the model).
     return [
         layers.Flatten(name="flatten"),
@@ -186,22 +190,27 @@ def _cnn(embedding_dim: int) -> list[layers.Layer]:
     ]
 
 
-def build_encoder(name: str = "cnn", embedding_dim: int | None = None) -> keras.Model:
-    """Build an untrained encoder by name.
+def build_encoder(
+    architecture: str = DEFAULT_ARCHITECTURE, embedding_dim: int | None = None
+) -> keras.Model:
+    """Build an untrained encoder of an architecture.
 
     Args:
-        name: "seed-mlp" (the article's branch) or "cnn".
-        embedding_dim: output width; defaults to DEFAULT_EMBEDDING_DIM[name].
+        architecture: "article-mlp" (the article's branch) or "cnn".
+        embedding_dim: output width; defaults to DEFAULT_EMBEDDING_DIM[architecture].
 
     Returns:
         A Functional model (n, 28, 28, 1) float32 in 0..255 -> (n, embedding_dim) float32.
     """
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; expected one of {', '.join(ENCODERS)}")
+    name = canonical("architecture", architecture)
+    if name not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {name!r}; expected one of {', '.join(ARCHITECTURES)}"
+        )
     embedding_dim = embedding_dim or DEFAULT_EMBEDDING_DIM[name]
     inputs = keras.Input(shape=(28, 28, 1), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    for layer in (_seed_mlp if name == "seed-mlp" else _cnn)(embedding_dim):
+    for layer in (_article_mlp if name == "article-mlp" else _cnn)(embedding_dim):
         x = layer(x)
     return keras.Model(inputs, x, name=f"encoder_{name.replace('-', '_')}")
 

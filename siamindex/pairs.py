@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLERS = ("seed", "balanced")
+from siamindex.defaults import PAIR_SAMPLERS, canonical
 
 # The article used min_equals 15,000 of 40,000 training images and 800 of 2,000 validation images.
-SEED_TRAIN_SAME_FRACTION = 15_000 / 40_000
-SEED_EVAL_SAME_FRACTION = 800 / 2_000
+ARTICLE_TRAIN_SAME_FRACTION = 15_000 / 40_000
+ARTICLE_EVAL_SAME_FRACTION = 800 / 2_000
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _other_class_partners(
     return partners
 
 
-def seed_pairs(labels: np.ndarray, min_equals: int, rng: np.random.Generator) -> Pairs:
+def article_pairs(labels: np.ndarray, min_equals: int, rng: np.random.Generator) -> Pairs:
     """The article's sampler: one pair per image, in order.
 
     The first ``min_equals`` images get a random partner of their own class (the image itself
@@ -119,23 +119,24 @@ def make_pairs(
     labels: np.ndarray,
     sampler: str,
     rng: np.random.Generator,
-    same_fraction: float = SEED_TRAIN_SAME_FRACTION,
+    same_fraction: float = ARTICLE_TRAIN_SAME_FRACTION,
     per_image: int = 2,
 ) -> Pairs:
-    """Sample pairs by sampler name ("seed" or "balanced").
+    """Sample pairs by sampler name ("article" or "balanced"; "seed" is the old "article").
 
     Args:
         labels: (n,) integer class labels.
-        sampler: "seed" (the article's) or "balanced".
+        sampler: "article" (the article's one pair per image) or "balanced".
         rng: the random generator.
-        same_fraction: for "seed", min_equals as a fraction of n.
+        same_fraction: for "article", min_equals as a fraction of n.
         per_image: for "balanced", partners of each kind per image.
     """
-    if sampler == "seed":
-        return seed_pairs(labels, int(round(same_fraction * len(labels))), rng)
+    sampler = canonical("sampler", sampler)
+    if sampler == "article":
+        return article_pairs(labels, int(round(same_fraction * len(labels))), rng)
     if sampler == "balanced":
         return balanced_pairs(labels, per_image, rng)
-    raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(PAIR_SAMPLERS)}")
 
 
 def gather(images: np.ndarray, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Nearest-match queries, group-membership checks and pair comparisons, on vectors.
+"""Nearest-match queries, class-membership checks and pair comparisons, on vectors.
 
 Everything here takes embeddings, not images (the ``Index`` methods embed first), so it runs
 without TensorFlow and can be tested with any vectors.
@@ -7,13 +7,31 @@ without TensorFlow and can be tested with any vectors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 import numpy as np
 
 from siamindex import metrics
 from siamindex.search import ClassPartition
 from siamindex.store import IndexStore
+
+# Python cannot name an attribute "class"; JSON and CSV output can, and do.
+_CLASS = {"json": "class"}
+
+
+def to_json(value: Any) -> Any:
+    """A result (dataclass, or lists and dicts of them) as JSON-ready values, under the names
+    the CLI and the HTTP API use (``class_name`` is written "class")."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.metadata.get("json", f.name): to_json(getattr(value, f.name)) for f in fields(value)
+        }
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_json(item) for key, item in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
@@ -23,7 +41,7 @@ class Match:
     query: str
     rank: int
     id: int
-    label: str
+    class_name: str = field(metadata=_CLASS)
     split: str
     distance: float
 
@@ -45,7 +63,7 @@ class QueryResult:
 
 @dataclass(frozen=True)
 class MembershipResult:
-    """The answer to the claim "``query`` belongs to class ``group``".
+    """The answer to the claim "``query`` belongs to class ``class_name``".
 
     ``distance`` and ``nearest_id`` are of the nearest stored member of the class;
     ``support_distance`` is the distance to its ``support``-th nearest member, and the claim holds
@@ -53,7 +71,7 @@ class MembershipResult:
     """
 
     query: str
-    group: str
+    class_name: str = field(metadata=_CLASS)
     is_member: bool
     distance: float
     threshold: float
@@ -61,7 +79,7 @@ class MembershipResult:
     nearest_id: int
     support_distance: float
     support: int
-    true_label: str | None = None
+    true_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,11 +119,9 @@ def nearest(
     distances, ids = store.search(vectors, k, nprobe=nprobe, ef_search=ef_search)
     found = ids >= 0
     rows = np.where(found, store.rows_of(np.where(found, ids, store.rows.ids[0])), -1)
-    threshold = store.threshold
+    threshold = store.facts.threshold
     first = np.where(found[:, 0], store.rows.labels[np.maximum(rows[:, 0], 0)], 0)
-    _, _, support_distances = partition.nearest(
-        vectors, first, support=int(store.attrs.get("support", 1))
-    )
+    _, _, support_distances = partition.nearest(vectors, first, support=store.facts.support)
     results = []
     for q, name in enumerate(names):
         matches = [
@@ -113,7 +129,7 @@ def nearest(
                 query=name,
                 rank=rank + 1,
                 id=int(ids[q, rank]),
-                label=store.class_names[store.rows.labels[rows[q, rank]]],
+                class_name=store.class_names[store.rows.labels[rows[q, rank]]],
                 split=str(store.rows.split[rows[q, rank]]),
                 distance=float(distances[q, rank]),
             )
@@ -124,7 +140,7 @@ def nearest(
         results.append(
             QueryResult(
                 query=name,
-                predicted=matches[0].label if close else None,
+                predicted=matches[0].class_name if close else None,
                 distance=matches[0].distance if matches else float("inf"),
                 threshold=threshold,
                 matches=matches,
@@ -138,11 +154,11 @@ def check_membership(
     partition: ClassPartition,
     vectors: np.ndarray,
     names: Sequence[str],
-    groups: np.ndarray,
+    classes: np.ndarray,
     per_class: bool = False,
     true_labels: np.ndarray | None = None,
 ) -> list[MembershipResult]:
-    """Answer claims "vector i belongs to class groups[i]": true when the index's ``support``
+    """Answer claims "vector i belongs to class classes[i]": true when the index's ``support``
     nearest stored members of that class (searched in the class's own exact sub-index) all lie
     within the threshold.
 
@@ -151,16 +167,16 @@ def check_membership(
         partition: exact per-class sub-indexes over the store's embeddings.
         vectors: (n, embedding_dim) float32.
         names: (n,) query names.
-        groups: (n,) int class index claimed for each vector.
+        classes: (n,) int class position claimed for each vector.
         per_class: use each class's calibrated threshold (falling back to the global one).
-        true_labels: (n,) optional int class index of the truth (-1: unknown).
+        true_labels: (n,) optional int class position of the truth (-1: unknown).
     """
-    support = int(store.attrs.get("support", 1))
-    distances, rows, support_distances = partition.nearest(vectors, groups, support=support)
-    thresholds = np.full(len(groups), store.threshold)
-    kinds = np.full(len(groups), "global", dtype=object)
+    support = store.facts.support
+    distances, rows, support_distances = partition.nearest(vectors, classes, support=support)
+    thresholds = np.full(len(classes), store.facts.threshold)
+    kinds = np.full(len(classes), "global", dtype=object)
     if per_class:
-        own = store.class_thresholds[groups]
+        own = store.class_thresholds[classes]
         calibrated = np.isfinite(own)
         thresholds = np.where(calibrated, own, thresholds)
         kinds[calibrated] = "per-class"
@@ -169,7 +185,7 @@ def check_membership(
     return [
         MembershipResult(
             query=names[i],
-            group=names_of[groups[i]],
+            class_name=names_of[classes[i]],
             is_member=bool(support_distances[i] <= thresholds[i]),
             distance=float(distances[i]),
             threshold=float(thresholds[i]),
@@ -177,31 +193,31 @@ def check_membership(
             nearest_id=int(ids[i]),
             support_distance=float(support_distances[i]),
             support=support,
-            true_label=None
+            true_class=None
             if true_labels is None or true_labels[i] < 0
             else names_of[true_labels[i]],
         )
-        for i in range(len(groups))
+        for i in range(len(classes))
     ]
 
 
 def membership_summary(results: Sequence[MembershipResult]) -> dict[str, object] | None:
     """Accuracy, precision, recall, F1 and confusion counts of claims whose truth is known,
     overall and per claimed class; None when no claim carries its true label."""
-    known = [r for r in results if r.true_label is not None]
+    known = [r for r in results if r.true_class is not None]
     if not known:
         return None
     predicted = np.array([r.is_member for r in known])
-    actual = np.array([r.group == r.true_label for r in known])
-    groups = np.array([r.group for r in known])
+    actual = np.array([r.class_name == r.true_class for r in known])
+    claimed = np.array([r.class_name for r in known])
     return {
         "claims": len(known),
         **metrics.classification_summary(predicted, actual),
         "per_class": {
-            str(group): metrics.classification_summary(
-                predicted[groups == group], actual[groups == group]
+            str(name): metrics.classification_summary(
+                predicted[claimed == name], actual[claimed == name]
             )
-            for group in sorted(set(groups.tolist()), key=lambda g: (len(g), g))
+            for name in sorted(set(claimed.tolist()), key=lambda c: (len(c), c))
         },
     }
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from siamindex.defaults import ARTICLE_THRESHOLD
 from siamindex.errors import DataError, MissingExtra
-from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances, true_and_false_claims
-from siamindex.pairs import SEED_EVAL_SAME_FRACTION, make_pairs
+from siamindex.evaluation import pair_distances, true_and_false_claims
+from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, make_pairs
 
 FIGURE_DPI = 100
 SAMPLE = 2000
@@ -64,7 +65,7 @@ def gather(index: Any, seed: int = 0, sample: int = SAMPLE) -> ReportData:
     """
     from siamindex.data import load_dataset
 
-    source = index.store.attrs.get("source", "mnist")
+    source = index.facts.source
     test = load_dataset(None if source == "mnist" else source, "test")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(test), size=min(sample, len(test)), replace=False))
@@ -78,7 +79,10 @@ def gather(index: Any, seed: int = 0, sample: int = SAMPLE) -> ReportData:
     vectors = index.embed(images)
     claims = true_and_false_claims(labels, np.random.default_rng(seed + 1))
     _, _, distances = index.partition.nearest(
-        vectors[claims.rows], claims.classes, exclude_rows=own[claims.rows], support=index.support
+        vectors[claims.rows],
+        claims.classes,
+        exclude_rows=own[claims.rows],
+        support=index.facts.support,
     )
     return ReportData(
         images,
@@ -86,7 +90,7 @@ def gather(index: Any, seed: int = 0, sample: int = SAMPLE) -> ReportData:
         vectors,
         own,
         names,
-        index.store.threshold,
+        index.facts.threshold,
         distances,
         claims.is_member,
         claims.classes,
@@ -97,7 +101,7 @@ def stored_images(index: Any, rows: np.ndarray) -> list[np.ndarray | None]:
     """The stored images of index rows, read back from the source dataset (None if unknown)."""
     from siamindex.data import load_dataset
 
-    source = index.store.attrs.get("source", "mnist")
+    source = index.facts.source
     cache: dict[str, Any] = {}
     out: list[np.ndarray | None] = []
     for row in rows:
@@ -117,7 +121,9 @@ def stored_images(index: Any, rows: np.ndarray) -> list[np.ndarray | None]:
 
 def figure_pairs(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     """The article's figure: 16 random test pairs, their distance and verdict."""
-    pairs = make_pairs(data.labels, "seed", np.random.default_rng(seed), SEED_EVAL_SAME_FRACTION)
+    pairs = make_pairs(
+        data.labels, "article", np.random.default_rng(seed), ARTICLE_EVAL_SAME_FRACTION
+    )
     pick = np.random.default_rng(seed + 2).choice(len(pairs), 16, replace=False)
     distances = pair_distances(data.vectors, pairs.left[pick], pairs.right[pick])
     figure, axes = plt.subplots(4, 8, figsize=(12, 7))
@@ -149,7 +155,9 @@ def figure_pairs(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
 
 def figure_histograms(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     """Distances of same/different pairs, and of true/false membership claims with the threshold."""
-    pairs = make_pairs(data.labels, "seed", np.random.default_rng(seed), SEED_EVAL_SAME_FRACTION)
+    pairs = make_pairs(
+        data.labels, "article", np.random.default_rng(seed), ARTICLE_EVAL_SAME_FRACTION
+    )
     distances = pair_distances(data.vectors, pairs.left, pairs.right)
     same = pairs.is_same == 1
     claim_distances, member = data.claim_distances, data.claim_is_member
@@ -173,7 +181,7 @@ def figure_histograms(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
         label=f"calibrated threshold {data.threshold:.3f}",
     )
     right.set(
-        title=f"Membership claims: distance to the nearest {index.support} stored members",
+        title=f"Membership claims: distance to the nearest {index.facts.support} stored members",
         xlabel="Euclidean distance",
         ylabel="claims",
     )
@@ -297,7 +305,7 @@ def figure_membership(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
     every = np.repeat(np.arange(len(data.labels)), len(present))
     claimed = np.tile(present, len(data.labels))
     _, _, all_distances = index.partition.nearest(
-        data.vectors[every], claimed, exclude_rows=data.own_rows[every], support=index.support
+        data.vectors[every], claimed, exclude_rows=data.own_rows[every], support=index.facts.support
     )
     rates = np.zeros((len(present), len(present)))
     for i, true in enumerate(present):
@@ -396,7 +404,7 @@ def write_report(index: Any, out_dir: str | os.PathLike[str], seed: int = 0) -> 
             f'<h2>{html.escape(title)}</h2>\n<img alt="{html.escape(title)}" '
             f'src="data:image/png;base64,{encoded}">'
         )
-    info = index.info()
+    info = index.info().to_dict()
     page = out / "report.html"
     page.write_text(
         _PAGE.format(
@@ -453,7 +461,7 @@ def write_query_figure(
         ):
             if picture is not None:
                 axes[q, j].imshow(picture, cmap="gray")
-            axes[q, j].set_title(f"{match.label} d={match.distance:.2f}", fontsize=7)
+            axes[q, j].set_title(f"{match.class_name} d={match.distance:.2f}", fontsize=7)
         for axis in axes[q]:
             axis.set_xticks([])
             axis.set_yticks([])

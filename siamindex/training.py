@@ -14,14 +14,21 @@ import numpy as np
 
 from siamindex import model as encoders
 from siamindex.data import Dataset, load_dataset, sha256_file
-from siamindex.evaluation import ARTICLE_THRESHOLD, pair_distances, pair_metrics
+from siamindex.defaults import (
+    ARCHITECTURES,
+    ARTICLE_THRESHOLD,
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_EMBEDDING_DIM,
+    DEFAULT_SAMPLER,
+    SAMPLERS,
+    canonical,
+)
+from siamindex.evaluation import pair_distances, pair_metrics
 from siamindex.metrics import max_accuracy_threshold
-from siamindex.pairs import SEED_EVAL_SAME_FRACTION, SEED_TRAIN_SAME_FRACTION, make_pairs
+from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, ARTICLE_TRAIN_SAME_FRACTION, make_pairs
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("seed", "balanced", "in-batch")
-DEFAULT_SAMPLER = {"seed-mlp": "seed", "cnn": "in-batch"}
 ARTICLE_EPOCHS = 20
 DEFAULT_EPOCHS = 8
 ARTICLE_LEARNING_RATE = 1e-3  # RMSprop, as in the article
@@ -30,9 +37,9 @@ DEFAULT_LEARNING_RATE = 2e-3  # Adam with cosine decay
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings. None means "the default for this encoder/sampler"."""
+    """Training settings. None means "the default for this architecture/sampler"."""
 
-    encoder: str = "cnn"
+    architecture: str = DEFAULT_ARCHITECTURE
     sampler: str | None = None
     epochs: int | None = None
     batch_size: int = 128
@@ -49,32 +56,35 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """The same settings with every default filled in, and validated."""
-        if self.encoder not in encoders.ENCODERS:
+        architecture = canonical("architecture", self.architecture)
+        if architecture not in ARCHITECTURES:
             raise ValueError(
-                f"unknown encoder {self.encoder!r}; expected one of {encoders.ENCODERS}"
+                f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}"
             )
-        sampler = self.sampler or DEFAULT_SAMPLER[self.encoder]
+        sampler = canonical("sampler", self.sampler or DEFAULT_SAMPLER[architecture])
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-        article = self.encoder == "seed-mlp" and sampler == "seed"
+        article = architecture == "article-mlp" and sampler == "article"
         epochs = self.epochs or (ARTICLE_EPOCHS if article else DEFAULT_EPOCHS)
         if epochs < 1 or self.batch_size < 2 or self.margin <= 0 or not 0 < self.val_fraction < 1:
             raise ValueError("epochs >= 1, batch_size >= 2, margin > 0 and 0 < val_fraction < 1")
         return TrainConfig(
             **{
                 **asdict(self),
+                "architecture": architecture,
                 "sampler": sampler,
                 "epochs": epochs,
                 "learning_rate": self.learning_rate
                 or (ARTICLE_LEARNING_RATE if article else DEFAULT_LEARNING_RATE),
-                "embedding_dim": self.embedding_dim or encoders.DEFAULT_EMBEDDING_DIM[self.encoder],
+                "embedding_dim": self.embedding_dim or DEFAULT_EMBEDDING_DIM[architecture],
             }
         )
 
     @property
     def is_article_reproduction(self) -> bool:
-        """seed-mlp with the seed sampler: exactly 20 epochs of RMSprop, no early stopping."""
-        return self.encoder == "seed-mlp" and (self.sampler or "seed") == "seed"
+        """article-mlp with the article's sampler: exactly 20 epochs of RMSprop, no early
+        stopping. (Call on a resolved config: old names are mapped there.)"""
+        return self.architecture == "article-mlp" and (self.sampler or "article") == "article"
 
 
 @dataclass
@@ -155,8 +165,8 @@ def _fit(
         net, loss = encoder, encoders.InBatchContrastiveLoss(config.margin)
         metrics = [encoders.plain_in_batch_contrastive(config.margin)]
     else:
-        pairs = make_pairs(train.labels, sampler, rng, same_fraction=SEED_TRAIN_SAME_FRACTION)
-        val_pairs = make_pairs(val.labels, sampler, rng, same_fraction=SEED_EVAL_SAME_FRACTION)
+        pairs = make_pairs(train.labels, sampler, rng, same_fraction=ARTICLE_TRAIN_SAME_FRACTION)
+        val_pairs = make_pairs(val.labels, sampler, rng, same_fraction=ARTICLE_EVAL_SAME_FRACTION)
         x = [encoders.as_model_input(train.images[p]) for p in (pairs.left, pairs.right)]
         y = pairs.is_same
         validation = (
@@ -200,7 +210,7 @@ def _fit(
 def align_to_threshold(encoder: Any, val: Dataset, seed: int) -> tuple[Any, float]:
     """Scale the encoder's output so that the article's fixed 0.5 is its best pair threshold.
 
-    The threshold that maximises pair accuracy on seed-protocol pairs of the validation part
+    The threshold that maximises pair accuracy on article-protocol pairs of the validation part
     (never the test split) is mapped to 0.5 by a final Rescaling layer. Distances keep their
     order, so neighbours and every calibrated index threshold are unaffected; only the
     article's fixed-threshold pair accuracy depends on it.
@@ -212,7 +222,7 @@ def align_to_threshold(encoder: Any, val: Dataset, seed: int) -> tuple[Any, floa
 
     vectors = encoders.embed(encoder, val.images)
     pairs = make_pairs(
-        val.labels, "seed", np.random.default_rng(seed), same_fraction=SEED_EVAL_SAME_FRACTION
+        val.labels, "article", np.random.default_rng(seed), same_fraction=ARTICLE_EVAL_SAME_FRACTION
     )
     best, _ = max_accuracy_threshold(
         pair_distances(vectors, pairs.left, pairs.right), pairs.is_same
@@ -226,7 +236,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
     """Train an encoder, write it to ``out`` (.keras) and a JSON report beside it (.json).
 
     The report holds the settings, epochs run, seconds, loss history, and pair accuracy at
-    distance 0.5 on seed-protocol pairs of the train part, the validation part and the test
+    distance 0.5 on article-protocol pairs of the train part, the validation part and the test
     split, with test ROC AUC.
 
     Raises:
@@ -249,7 +259,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         test = test.subset(slice(0, config.test_size))
     train_part, val_part = split_validation(full, config.val_fraction, rng)
 
-    encoder = encoders.build_encoder(config.encoder, config.embedding_dim)
+    encoder = encoders.build_encoder(config.architecture, config.embedding_dim)
     started = time.perf_counter()
     history = _fit(config, encoder, train_part, val_part, rng, progress)
     seconds = time.perf_counter() - started
@@ -268,9 +278,9 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         )
         for offset, (name, part, fraction) in enumerate(
             [
-                ("train", train_part, SEED_TRAIN_SAME_FRACTION),
-                ("val", val_part, SEED_EVAL_SAME_FRACTION),
-                ("test", test, SEED_EVAL_SAME_FRACTION),
+                ("train", train_part, ARTICLE_TRAIN_SAME_FRACTION),
+                ("val", val_part, ARTICLE_EVAL_SAME_FRACTION),
+                ("test", test, ARTICLE_EVAL_SAME_FRACTION),
             ]
         )
     }

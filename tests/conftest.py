@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from fakes import FakeEncoder, fake_encoder_file  # noqa: E402
 
 from siamindex.data import Dataset, load_dataset  # noqa: E402
 
@@ -52,3 +53,48 @@ def small_idx_dir(
     return write_idx_dataset(
         folder, mnist_train.subset(slice(0, 1000)), mnist_test.subset(slice(0, 300))
     )
+
+
+@pytest.fixture(scope="session")
+def fake_encoder() -> FakeEncoder:
+    return FakeEncoder(embedding_dim=8)
+
+
+@pytest.fixture(scope="session")
+def fake_bundle(
+    tmp_path_factory: pytest.TempPathFactory, small_idx_dir: Path, fake_encoder
+) -> Path:
+    """An index of the small MNIST folder (1,000 train + 300 test) built once with the fake
+    encoder; tests copy it (``fake_index``) rather than build their own."""
+    from siamindex.build import BuildSettings, build_index
+
+    folder = tmp_path_factory.mktemp("fake-bundle")
+    settings = BuildSettings(
+        encoder=fake_encoder_file(folder),
+        index=folder / "idx",
+        data_dir=small_idx_dir,
+        progress=False,
+    )
+    index, _ = build_index(settings, embed=fake_encoder)
+    return index.path
+
+
+@pytest.fixture
+def fake_index(tmp_path: Path, fake_bundle: Path, fake_encoder):
+    """A private copy of the fake-encoder index (as the name link plus its bundle folder)."""
+    import shutil
+
+    from siamindex.index import Index
+
+    target = tmp_path / "idx"
+    bundle = fake_bundle.resolve()
+    shutil.copytree(bundle, tmp_path / bundle.name)
+    target.symlink_to(bundle.name)
+    return Index.open(target, embed=fake_encoder)
+
+
+def brute_force(stored: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, rows) of the k nearest stored rows of each query, by NumPy."""
+    distances = np.linalg.norm(queries[:, None, :] - stored[None, :, :], axis=2)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, order, axis=1), order

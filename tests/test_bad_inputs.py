@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,11 @@ from click.testing import CliRunner
 from conftest import write_idx
 from PIL import Image
 
-from siamindex import model
+from siamindex.build import BuildSettings, build_index
 from siamindex.cli import cli
-from siamindex.index import Index
+
+INDEX_COMMANDS = ("query", "check", "compare", "add", "remove", "info", "report")
+TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def world(tmp_path_factory, mnist_test, mnist_train):
     root = tmp_path_factory.mktemp("bad-inputs")
     indexes, files = root / "indexes", root / "files"
     files.mkdir()
-    encoder = model.save_encoder(model.build_encoder("cnn", embedding_dim=8), root / "enc.keras")
+    encoder = shutil.copyfile(TINY_ENCODER, root / "enc.keras")
     data = root / "data"
     write_idx(
         data / "train-images-idx3-ubyte.gz", mnist_train.images[:300]
@@ -33,7 +36,9 @@ def world(tmp_path_factory, mnist_test, mnist_train):
     write_idx(data / "train-labels-idx1-ubyte.gz", mnist_train.labels[:300].astype(np.uint8))
     write_idx(data / "t10k-images-idx3-ubyte.gz", mnist_test.images[:100])
     write_idx(data / "t10k-labels-idx1-ubyte.gz", mnist_test.labels[:100].astype(np.uint8))
-    Index.build(indexes / "idx", encoder=encoder, data_dir=data, progress=False)
+    build_index(
+        BuildSettings(encoder=encoder, index=indexes / "idx", data_dir=data, progress=False)
+    )
 
     digit = mnist_test.images[0]
     (files / "empty.png").write_bytes(b"")
@@ -70,7 +75,7 @@ def world(tmp_path_factory, mnist_test, mnist_train):
     (files / "fields.csv").write_text("image,class\nmnist:test:0,7\nmnist:test:1,2,3\n")
     (files / "empty-field.csv").write_text("image,class\nmnist:test:0,\n")
     (files / "nul.csv").write_text("image,class\nmnist:test:0,7\x00\n")
-    (files / "bad-label.csv").write_text("image,class,label\nmnist:test:0,7,seven\n")
+    (files / "bad-label.csv").write_text("image,class,true_class\nmnist:test:0,7,seven\n")
     (files / "bad-image.csv").write_text("image,class\nmnist:test:0,7\nnope.png,1\n")
 
     counts = root / "counts"
@@ -119,7 +124,11 @@ CASES = [
     (["query", "mnist:test:0", "-k", "100000"], 1, "k must be between 1 and the index size"),
     (["query", "mnist:test:0", "--index", "nosuch"], 1, "No index at"),
     (["query", "mnist:test:0", "--index", "{root}/a-file"], 1, "is a file, not an index folder"),
-    (["query", "mnist:test:0", "--nprobe", "3"], 2, "nprobe does not apply"),
+    (
+        ["query", "mnist:test:0", "--nprobe", "3"],
+        2,
+        "nprobe applies to IVF index types only; this index is 'flat'",
+    ),
     (["query", "mnist:test:0", "--format", "xml"], 2, "'xml' is not one of"),
     (["query"], 2, "Missing argument 'IMAGES...'"),
     (["check", "--claims", f"{F}/no-class.csv"], 1, "lacks column(s) class"),
@@ -129,7 +138,7 @@ CASES = [
     (["check", "--claims", f"{F}/fields.csv"], 1, "line 3: 3 fields but the header has 2"),
     (["check", "--claims", f"{F}/empty-field.csv"], 1, "line 2: empty image or class"),
     (["check", "--claims", f"{F}/nul.csv"], 1, "line 2: contains control characters"),
-    (["check", "--claims", f"{F}/bad-label.csv"], 1, "line 2: unknown label 'seven'"),
+    (["check", "--claims", f"{F}/bad-label.csv"], 1, "line 2: unknown true_class 'seven'"),
     (["check", "--claims", f"{F}/bad-image.csv"], 1, "line 3: Image"),
     (["check", "--claims", f"{F}/missing.csv"], 1, "does not exist"),
     (["check", "mnist:test:0"], 2, "Give either --class C"),
@@ -147,22 +156,22 @@ CASES = [
     (["train", "--val-fraction", "0"], 2, "is not in the range 0<x<1"),
     (["evaluate", "--encoder", "{root}/junk.keras"], 1, "not a .keras model file"),
     (
-        ["build-index", "--name", "idx", "--encoder", "{root}/enc.keras"],
+        ["build-index", "--index", "idx", "--encoder", "{root}/enc.keras"],
         1,
         "already exists; pass --force",
     ),
-    (["build-index", "--name", "x", "--index-type", "NotAType"], 2, "FAISS rejects index type"),
+    (["build-index", "--index", "x", "--index-type", "NotAType"], 2, "FAISS rejects index type"),
     (["build-index", "--splits", "valid"], 2, "must list train and/or test"),
     (["build-index", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
-    (["info", "nosuch"], 1, "No index at"),
-    (["info", "{root}/a-file"], 1, "is a file, not an index folder"),
-    (["add", "idx", "mnist:test:0", "--label", "eleven"], 1, "Unknown class 'eleven'"),
-    (["add", "idx", f"{F}/nan.npy", "--label", "3"], 1, "NaN or infinite"),
-    (["add", "idx", "--label", "3"], 2, "Missing argument 'IMAGES...'"),
-    (["remove", "idx", "--ids", "abc"], 2, "'abc' is not an id or range"),
-    (["remove", "idx", "--ids", "9-2"], 2, "'9-2' is not an id or range"),
-    (["remove", "idx", "--ids", "123456"], 1, "are not in index"),
-    (["remove", "idx", "--ids", "0-399"], 1, "would leave an empty index"),
+    (["info", "--index", "nosuch"], 1, "No index at"),
+    (["info", "--index", "{root}/a-file"], 1, "is a file, not an index folder"),
+    (["add", "mnist:test:0", "--class", "eleven"], 1, "Unknown class 'eleven'"),
+    (["add", f"{F}/nan.npy", "--class", "3"], 1, "NaN or infinite"),
+    (["add", "--class", "3"], 2, "Missing argument 'IMAGES...'"),
+    (["remove", "--ids", "abc"], 2, "'abc' is not an id or range"),
+    (["remove", "--ids", "9-2"], 2, "'9-2' is not an id or range"),
+    (["remove", "--ids", "123456"], 1, "are not in index"),
+    (["remove", "--ids", "0-399"], 1, "would leave an empty index"),
     (["compare", "mnist:test:0"], 2, "Missing argument 'SECOND'"),
     (["compare", "mnist:test:0", f"{F}/stack.npy"], 2, "exactly two images"),
     (
@@ -194,7 +203,7 @@ def test_bad_input(world, monkeypatch, args, code, message):
     monkeypatch.setenv("SIAMINDEX_INDEXES", str(world / "indexes"))
     monkeypatch.chdir(world)
     args = [a.replace("{files}", str(world / "files")).replace("{root}", str(world)) for a in args]
-    if "--index" not in args and args[0] in ("query", "check", "compare"):
+    if "--index" not in args and args[0] in INDEX_COMMANDS:
         args += ["--index", "idx"]
     before = _fingerprint(world / "indexes")
     result = CliRunner().invoke(cli, args)

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from siamindex.cli import cli
+
+TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 
 NO_TENSORFLOW = """
 import sys
@@ -27,7 +32,7 @@ assert not loaded, loaded
         ["train", "--help"],
         ["evaluate", "--help"],
         ["train", "--epochs", "0"],
-        ["train", "--encoder", "transformer"],
+        ["train", "--architecture", "transformer"],
         ["train", "--margin", "-1"],
         ["train", "--val-fraction", "1.5"],
         ["train", "--out", "model.h5"],
@@ -49,7 +54,11 @@ def test_every_command_has_help():
     "args, code, message",
     [
         (["train", "--epochs", "0"], 2, "0 is not in the range x>=1"),
-        (["train", "--encoder", "transformer"], 2, "'transformer' is not one of 'seed-mlp', 'cnn'"),
+        (
+            ["train", "--architecture", "transformer"],
+            2,
+            "'transformer' is not one of 'article-mlp', 'cnn'",
+        ),
         (["train", "--out", "model.h5"], 2, "must end in .keras"),
         (["train", "--batch-size", "1"], 2, "1 is not in the range x>=2"),
         (["evaluate", "--encoder", "/nonexistent.keras"], 1, "does not exist; train one"),
@@ -122,17 +131,77 @@ def test_train_then_evaluate_on_a_small_subset(tmp_path, small_idx_dir):
     assert table.exit_code == 0 and "1-NN accuracy" in table.output and "raw pixels" in table.output
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    from siamindex import model
-
-    return model.save_encoder(
-        model.build_encoder("cnn", embedding_dim=8),
-        tmp_path_factory.mktemp("cli-enc") / "encoder.keras",
+def _build(runner, path, *extra, splits="train"):
+    return runner.invoke(
+        cli,
+        [
+            "build-index",
+            "--index",
+            str(path),
+            "--encoder",
+            str(TINY_ENCODER),
+            "--data",
+            str(_data_dir[0]),
+            "--splits",
+            splits,
+            "-q",
+            *extra,
+        ],
+        catch_exceptions=False,
     )
 
 
-def test_build_index_info_add_remove(tmp_path, tiny_encoder, small_idx_dir):
+_data_dir: list[Path] = []
+
+
+@pytest.fixture(autouse=True)
+def _remember_data(small_idx_dir):
+    _data_dir[:] = [small_idx_dir]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, small_idx_dir):
+    """An index of the 1,000 small train images with a real (tiny) Keras encoder."""
+    from siamindex.build import BuildSettings, build_index
+
+    path = tmp_path_factory.mktemp("cli") / "idx"
+    build_index(
+        BuildSettings(
+            encoder=TINY_ENCODER,
+            index=path,
+            data_dir=small_idx_dir,
+            splits=("train",),
+            progress=False,
+        )
+    )
+    return path
+
+
+def test_build_index_info_add_remove(tmp_path):
+    runner = CliRunner()
+    name = str(tmp_path / "idx")
+    result = _build(runner, name, "--format", "json")
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.output)
+    assert built["count"] == 1000 and built["distance"] == "euclidean"
+    assert set(built["build_seconds"]) == {"load", "embed", "add", "calibrate", "write"}
+
+    result = runner.invoke(cli, ["info", "--index", name])
+    assert result.exit_code == 0 and "1000 (train 1000)" in result.output
+
+    result = runner.invoke(
+        cli, ["add", "mnist:test:0-2", "--index", name, "--class", "7"], catch_exceptions=False
+    )
+    assert result.exit_code == 0 and "ids 1000-1002" in result.output
+    result = runner.invoke(
+        cli, ["remove", "--index", name, "--ids", "3,1001"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    facts = json.loads(runner.invoke(cli, ["info", "--index", name, "--format", "json"]).output)
+    assert facts["count"] == 1001 and facts["per_split"] == {"added": 2, "train": 999}
+
+
+def test_old_spellings_still_work_with_one_notice_each(tmp_path):
     runner = CliRunner()
     name = str(tmp_path / "idx")
     result = runner.invoke(
@@ -142,76 +211,108 @@ def test_build_index_info_add_remove(tmp_path, tiny_encoder, small_idx_dir):
             "--name",
             name,
             "--encoder",
-            str(tiny_encoder),
+            str(TINY_ENCODER),
             "--data",
-            str(small_idx_dir),
-            "--splits",
-            "train",
-            "-q",
-            "--format",
-            "json",
-        ],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
-    built = json.loads(result.output)
-    assert built["count"] == 1000 and set(built["build_seconds"]) == {
-        "load",
-        "embed",
-        "add",
-        "calibrate",
-        "write",
-    }
-
-    result = runner.invoke(cli, ["info", name])
-    assert result.exit_code == 0 and "1000 (train 1000)" in result.output
-
-    result = runner.invoke(
-        cli, ["add", name, "mnist:test:0-2", "--label", "7"], catch_exceptions=False
-    )
-    assert result.exit_code == 0 and "ids 1000-1002" in result.output
-    result = runner.invoke(cli, ["remove", name, "--ids", "3,1001"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    facts = json.loads(runner.invoke(cli, ["info", name, "--format", "json"]).output)
-    assert facts["count"] == 1001 and facts["per_split"] == {"added": 2, "train": 999}
-
-
-def test_index_names_resolve_under_the_indexes_folder(
-    tmp_path, tiny_encoder, small_idx_dir, monkeypatch
-):
-    monkeypatch.setenv("SIAMINDEX_INDEXES", str(tmp_path / "store"))
-    result = CliRunner().invoke(
-        cli,
-        [
-            "build-index",
-            "--name",
-            "digits",
-            "--encoder",
-            str(tiny_encoder),
-            "--data",
-            str(small_idx_dir),
+            str(_data_dir[0]),
             "--splits",
             "test",
             "-q",
         ],
         catch_exceptions=False,
     )
+    assert result.exit_code == 0 and _notices(result) == [
+        "Deprecated: build-index --name NAME is now --index NAME."
+    ]
+    result = runner.invoke(cli, ["info", name], catch_exceptions=False)
+    assert result.exit_code == 0 and "300 (test 300)" in result.output
+    assert _notices(result) == ["Deprecated: info NAME is now --index NAME."]
+    result = runner.invoke(cli, ["add", name, "mnist:test:0", "--label", "7"])
+    assert result.exit_code == 0 and "ids 300" in result.output, result.output
+    assert _notices(result) == [
+        "Deprecated: add --label C is now add --class C.",
+        "Deprecated: add NAME IMAGE... is now --index NAME IMAGE....",
+    ]
+    result = runner.invoke(cli, ["remove", name, "--ids", "300"])
+    assert result.exit_code == 0 and _notices(result) == [
+        "Deprecated: remove NAME is now --index NAME."
+    ]
+    (tmp_path / "c.csv").write_text("image,class,label\nmnist:test:0,7,7\n")
+    result = runner.invoke(cli, ["check", "--claims", str(tmp_path / "c.csv"), "--index", name])
+    assert result.exit_code == 0 and "1 true positives" in result.output
+    assert _notices(result) == [
+        f"Deprecated: claims column 'label' in '{tmp_path / 'c.csv'}' is now called 'true_class'."
+    ]
+
+
+def test_old_training_names_map_to_the_new_ones(tmp_path):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--encoder",
+            "seed-mlp",
+            "--sampler",
+            "seed",
+            "--epochs",
+            "1",
+            "--data",
+            str(_data_dir[0]),
+            "--train-size",
+            "200",
+            "--test-size",
+            "50",
+            "-q",
+            "--out",
+            str(tmp_path / "e.keras"),
+            "--format",
+            "json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert _notices(result) == [
+        "Deprecated: architecture 'seed-mlp' is now called 'article-mlp'.",
+        "Deprecated: sampler 'seed' is now called 'article'.",
+        "Deprecated: train --encoder NAME is now --architecture NAME.",
+    ]
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["settings"]["architecture"] == "article-mlp"
+    assert report["settings"]["sampler"] == "article" and report["settings"]["article_reproduction"]
+
+
+def test_an_old_and_a_new_spelling_together_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["info", "a", "--index", "b"])
+    assert result.exit_code == 2 and "Give the index once, with --index" in result.output
+    result = CliRunner().invoke(cli, ["add", "x.png", "--class", "1", "--label", "2"])
+    assert result.exit_code == 2 and "--label is its old spelling" in result.output
+
+
+def _notices(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("Deprecated:")]
+
+
+def test_index_names_resolve_under_the_indexes_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIAMINDEX_INDEXES", str(tmp_path / "store"))
+    result = _build(CliRunner(), "digits", splits="test")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "store" / "digits" / "manifest.json").is_file()
-    assert CliRunner().invoke(cli, ["info", "digits"]).exit_code == 0
+    assert CliRunner().invoke(cli, ["info", "--index", "digits"]).exit_code == 0
+    monkeypatch.setenv("SIAMINDEX_INDEX", "digits")  # the default index of every command
+    assert "300 (test 300)" in CliRunner().invoke(cli, ["info"]).output
 
 
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["info", "/nonexistent/idx"], 1, "No index at '/nonexistent/idx'"),
+        (["info", "--index", "/nonexistent/idx"], 1, "No index at '/nonexistent/idx'"),
         (["build-index", "--splits", "train,valid"], 2, "must list train and/or test"),
         (["build-index", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
         (["build-index", "--target-precision", "1.5"], 2, "1.5 is not in the range"),
-        (["remove", "x", "--ids", "5-2"], 2, "'5-2' is not an id or range"),
-        (["remove", "x", "--ids", "abc"], 2, "'abc' is not an id or range"),
-        (["add", "x", "mnist:test:0", "--label", "1"], 1, "No index at"),
-        (["add", "x", "--label", "1"], 2, "Missing argument 'IMAGES...'"),
+        (["remove", "--index", "x", "--ids", "5-2"], 2, "'5-2' is not an id or range"),
+        (["remove", "--index", "x", "--ids", "abc"], 2, "'abc' is not an id or range"),
+        (["add", "mnist:test:0", "--index", "x", "--class", "1"], 1, "No index at"),
+        (["add", "--index", "x", "--class", "1"], 2, "Missing argument 'IMAGES...'"),
+        (["add", "mnist:test:0", "--index", "x"], 2, "add needs --class C"),
     ],
 )
 def test_index_command_errors(args, code, message, tmp_path, monkeypatch):
@@ -221,43 +322,137 @@ def test_index_command_errors(args, code, message, tmp_path, monkeypatch):
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_build_index_refuses_to_overwrite_and_rejects_bad_types(
-    tmp_path, tiny_encoder, small_idx_dir
-):
+def test_build_index_refuses_to_overwrite_and_rejects_bad_types(tmp_path):
     runner = CliRunner()
-    base = [
-        "build-index",
-        "--name",
-        str(tmp_path / "i"),
-        "--encoder",
-        str(tiny_encoder),
-        "--data",
-        str(small_idx_dir),
-        "--splits",
-        "test",
-        "-q",
-    ]
-    assert runner.invoke(cli, base).exit_code == 0
+    path = tmp_path / "i"
+    assert _build(runner, path, splits="test").exit_code == 0
     before = sorted(p.name for p in tmp_path.iterdir())
-    again = runner.invoke(cli, base)
+    again = _build(runner, path, splits="test")
     assert again.exit_code == 1 and "already exists; pass --force" in again.output
-    bad = runner.invoke(cli, [*base, "--force", "--index-type", "IVF999999,Flat"])
-    assert bad.exit_code == 2 and "cannot train index type" in bad.output
-    bogus = runner.invoke(cli, [*base, "--force", "--index-type", "Nonsense"])
+    bad = _build(runner, path, "--force", "--index-type", "IVF999999,Flat", splits="test")
+    assert bad.exit_code == 2 and "Invalid value for --index-type" in bad.output
+    assert "cannot train index type" in bad.output
+    bogus = _build(runner, path, "--force", "--index-type", "Nonsense", splits="test")
     assert bogus.exit_code == 2 and "FAISS rejects index type 'Nonsense'" in bogus.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
 
 
+def test_build_index_without_an_encoder_refuses_before_training(tmp_path):
+    path = tmp_path / "i"
+    assert _build(CliRunner(), path, splits="test").exit_code == 0
+    result = CliRunner().invoke(cli, ["build-index", "--index", str(path), "-q"])
+    assert result.exit_code == 1 and "already exists; pass --force" in result.output
+    assert "training the default encoder" not in result.output
+    for bad, message in (
+        (["--index-type", "Nonsense"], "FAISS rejects index type 'Nonsense'"),
+        (["--support", "0"], "0 is not in the range x>=1"),
+    ):
+        result = CliRunner().invoke(cli, ["build-index", "--index", str(tmp_path / "j"), *bad])
+        assert result.exit_code == 2 and message in result.output
+        assert "training the default encoder" not in result.output
+
+
 def test_info_on_a_file_path(tmp_path):
     (tmp_path / "afile").write_text("x")
-    result = CliRunner().invoke(cli, ["info", str(tmp_path / "afile")])
+    result = CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "afile")])
     assert result.exit_code == 1 and "is a file, not an index folder" in result.output
 
 
-def test_cli_choice_lists_mirror_the_library():
-    from siamindex import cli as cli_module
-    from siamindex.model import ENCODERS
-    from siamindex.training import SAMPLERS
+# -- query, check, compare -----------------------------------------------------------------
 
-    assert cli_module.ENCODER_NAMES == ENCODERS
-    assert cli_module.SAMPLER_NAMES == SAMPLERS
+
+def test_query_cli_formats_parse(index, tmp_path):
+    runner = CliRunner()
+    base = ["query", "mnist:test:0-2", "--index", str(index), "-k", "3"]
+    as_json = json.loads(
+        runner.invoke(cli, [*base, "--format", "json"], catch_exceptions=False).output
+    )
+    assert [len(r["matches"]) for r in as_json] == [3, 3, 3]
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(cli, [*base, "--format", "csv"]).output)))
+    assert len(rows) == 9 and rows[0]["query"] == "mnist:test:0" and float(rows[0]["distance"]) >= 0
+    assert [int(r["id"]) for r in rows[:3]] == [m["id"] for m in as_json[0]["matches"]]
+    assert [r["class"] for r in rows[:3]] == [m["class"] for m in as_json[0]["matches"]]
+    table = runner.invoke(cli, base).output
+    assert "predicted" in table and "mnist:test:2" in table
+
+
+def test_check_cli_with_claims_and_summary(index, tmp_path):
+    lines = ["image,class,true_class"] + [
+        f"mnist:test:{i},{c},{t}"
+        for i, (c, t) in enumerate([("7", "7"), ("1", "2"), ("1", "1"), ("3", "0")])
+    ]
+    (tmp_path / "claims.csv").write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    base = ["check", "--claims", str(tmp_path / "claims.csv"), "--index", str(index)]
+    result = runner.invoke(cli, [*base, "--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert [r["class"] for r in data["results"]] == ["7", "1", "1", "3"]
+    assert [r["true_class"] for r in data["results"]] == ["7", "2", "1", "0"]
+    summary = data["summary"]
+    assert summary["claims"] == 4
+    assert summary["true_positive"] + summary["false_negative"] == 2  # two true claims
+    assert set(summary["per_class"]) == {"1", "3", "7"}
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(cli, [*base, "--format", "csv"]).output)))
+    assert [r["member"] for r in rows] == [str(r["is_member"]).lower() for r in data["results"]]
+    table = runner.invoke(cli, base).output
+    assert "confusion:" in table and "4 claims" in table
+
+
+def test_check_cli_with_class_flag(index):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "check",
+            "--class",
+            "7",
+            "mnist:test:0",
+            "mnist:test:1",
+            "--index",
+            str(index),
+            "--per-class",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0 and "per-class" in result.output and "2 claims" in result.output
+
+
+def test_compare_cli(index):
+    result = CliRunner().invoke(
+        cli,
+        ["compare", "mnist:test:0", "mnist:test:0", "--index", str(index), "--format", "json"],
+        catch_exceptions=False,
+    )
+    data = json.loads(result.output)
+    assert data["same"] is True and data["distance"] < 1e-4
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["query", "mnist:test:0", "-k", "0"], 2, "0 is not in the range x>=1"),
+        (
+            ["query", "mnist:test:0", "-k", "5000"],
+            1,
+            "k must be between 1 and the index size (1000)",
+        ),
+        (["query", "/no/such.png"], 1, "does not exist"),
+        (["query", "mnist:test:0", "--nprobe", "4"], 2, "nprobe applies to IVF index types only"),
+        (["check", "mnist:test:0"], 2, "Give either --class C"),
+        (["check", "--class", "1"], 2, "--class needs IMAGE arguments"),
+        (["check", "--class", "eleven", "mnist:test:0"], 1, "Unknown class 'eleven'"),
+        (["compare", "mnist:test:0", "mnist:test:0-1"], 2, "exactly two images"),
+    ],
+)
+def test_query_command_errors(index, args, code, message):
+    result = CliRunner().invoke(cli, [*args, "--index", str(index)])
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_claims_with_unknown_class_names_the_line(index, tmp_path):
+    (tmp_path / "c.csv").write_text("image,class\nmnist:test:0,1\nmnist:test:1,12\n")
+    result = CliRunner().invoke(
+        cli, ["check", "--claims", str(tmp_path / "c.csv"), "--index", str(index)]
+    )
+    assert result.exit_code == 1 and "line 3: unknown class '12'" in result.output

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -138,6 +139,7 @@ def test_claims_parser_returns_claims_or_data_errors(text):
         max_size=8,
     )
 )
+@pytest.mark.filterwarnings("ignore::siamindex.errors.OldSpelling")
 def test_claims_parser_on_csv_shaped_lines(lines):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "c.csv"

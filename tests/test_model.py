@@ -12,7 +12,7 @@ from siamindex.errors import EncoderError
 
 
 def test_seed_mlp_is_the_articles_branch():
-    encoder = model.build_encoder("seed-mlp")
+    encoder = model.build_encoder("article-mlp")
     kinds = [
         (type(layer).__name__, getattr(layer, "units", None), getattr(layer, "rate", None))
         for layer in encoder.layers[2:]
@@ -31,7 +31,7 @@ def test_seed_mlp_is_the_articles_branch():
     assert encoder.output_shape == (None, 128)
 
 
-@pytest.mark.parametrize("name, dim", [("cnn", 64), ("cnn", 16), ("seed-mlp", 32)])
+@pytest.mark.parametrize("name, dim", [("cnn", 64), ("cnn", 16), ("article-mlp", 32)])
 def test_encoders_map_images_to_vectors(name, dim, mnist_test):
     encoder = model.build_encoder(name, embedding_dim=dim)
     vectors = model.embed(encoder, mnist_test.images[:10], batch_size=3)
@@ -84,7 +84,7 @@ def test_siamese_outputs_the_distance_of_the_embeddings(mnist_test):
 
 
 def test_saved_siamese_reloads_in_safe_mode(tmp_path):
-    siamese = model.build_siamese(model.build_encoder("seed-mlp", embedding_dim=8))
+    siamese = model.build_siamese(model.build_encoder("article-mlp", embedding_dim=8))
     siamese.save(tmp_path / "siamese.keras")
     again = keras.saving.load_model(tmp_path / "siamese.keras", safe_mode=True, compile=False)
     assert any(isinstance(layer, model.EuclideanDistance) for layer in again.layers)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from siamindex.pairs import balanced_pairs, make_pairs, seed_pairs
+from siamindex.pairs import article_pairs, balanced_pairs, make_pairs
 
 
 @pytest.fixture
@@ -12,7 +12,7 @@ def labels():
 
 
 def test_seed_sampler_follows_the_article(labels):
-    pairs = seed_pairs(labels, min_equals=800, rng=np.random.default_rng(0))
+    pairs = article_pairs(labels, min_equals=800, rng=np.random.default_rng(0))
     assert len(pairs) == len(labels)
     np.testing.assert_array_equal(pairs.left, np.arange(len(labels)))
     # The first min_equals pairs are all same-class; the rest are same-class only by chance.
@@ -24,7 +24,7 @@ def test_seed_sampler_follows_the_article(labels):
 
 
 def test_seed_sampler_scales_min_equals_like_the_article(labels):
-    pairs = make_pairs(labels, "seed", np.random.default_rng(0), same_fraction=15_000 / 40_000)
+    pairs = make_pairs(labels, "article", np.random.default_rng(0), same_fraction=15_000 / 40_000)
     assert np.all(pairs.is_same[:750] == 1)
 
 
@@ -41,7 +41,7 @@ def test_balanced_sampler_is_half_positive_and_correctly_labelled(labels):
     np.testing.assert_array_equal(np.bincount(pairs.left[~same]), np.full(len(labels), 2))
 
 
-@pytest.mark.parametrize("sampler", ["seed", "balanced"])
+@pytest.mark.parametrize("sampler", ["article", "balanced"])
 def test_same_seed_same_pairs(labels, sampler):
     a = make_pairs(labels, sampler, np.random.default_rng(7))
     b = make_pairs(labels, sampler, np.random.default_rng(7))
@@ -55,4 +55,4 @@ def test_bad_sampler_arguments(labels):
     with pytest.raises(ValueError, match="unknown sampler"):
         make_pairs(labels, "nope", np.random.default_rng(0))
     with pytest.raises(ValueError, match="min_equals"):
-        seed_pairs(labels, len(labels) + 1, np.random.default_rng(0))
+        article_pairs(labels, len(labels) + 1, np.random.default_rng(0))

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamindex import model
+from siamindex.build import BuildSettings, build_index
+from siamindex.bundle import ENCODER_FILE, FAISS_FILE, MANIFEST_FILE, METADATA_FILE
 from siamindex.errors import IncompatibleIndex
 from siamindex.index import Index
-from siamindex.store import ENCODER_FILE, FAISS_FILE, MANIFEST_FILE, METADATA_FILE
+
+TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 
 QUERY_K = 5
 
@@ -35,18 +37,15 @@ def _record(**counts: object) -> None:
 
 @pytest.fixture
 def bundle(tmp_path, small_idx_dir):
-    import keras
-
-    keras.utils.set_random_seed(3)
-    encoder = model.save_encoder(
-        model.build_encoder("cnn", embedding_dim=8), tmp_path / "enc.keras"
-    )
-    index = Index.build(
-        tmp_path / "indexes" / "idx",
-        encoder=encoder,
-        data_dir=small_idx_dir,
-        splits=("test",),
-        progress=False,
+    encoder = shutil.copyfile(TINY_ENCODER, tmp_path / "enc.keras")
+    index, _ = build_index(
+        BuildSettings(
+            encoder=encoder,
+            index=tmp_path / "indexes" / "idx",
+            data_dir=small_idx_dir,
+            splits=("test",),
+            progress=False,
+        )
     )
     return index, encoder
 
@@ -92,7 +91,7 @@ def _crash_rounds(bundle, moments: int) -> dict[str, int]:
         "build-index --force": lambda i: [
             *base,
             "build-index",
-            "--name",
+            "--index",
             str(path),
             "--encoder",
             str(encoder),
@@ -103,8 +102,8 @@ def _crash_rounds(bundle, moments: int) -> dict[str, int]:
             "--force",
             "-q",
         ],
-        "add": lambda i: [*base, "add", str(path), f"mnist:test:{i}", "--label", "7"],
-        "remove": lambda i: [*base, "remove", str(path), "--ids", str(10 + i)],
+        "add": lambda i: [*base, "add", f"mnist:test:{i}", "--index", str(path), "--class", "7"],
+        "remove": lambda i: [*base, "remove", "--index", str(path), "--ids", str(10 + i)],
     }
     for name, make in commands.items():
         survived[name] = 0
@@ -113,7 +112,7 @@ def _crash_rounds(bundle, moments: int) -> dict[str, int]:
             old = set(before.store.rows.ids.tolist())
             want = _answers(before, queries)
             if name == "add":
-                states = [old, old | {int(before.store.attrs["next_id"])}]
+                states = [old, old | {before.facts.next_id}]
             elif name == "remove":
                 states = [old, old - {10 + i}]
             else:
@@ -223,13 +222,15 @@ def test_readers_see_old_or_new_never_a_mix(bundle, tmp_path, mnist_test, small_
     for i in range(6):
         index.add(mnist_test.images[i : i + 1], "4")
         published.add(len(index.store.rows))
-    rebuilt = Index.build(
-        index.path,
-        encoder=encoder,
-        data_dir=small_idx_dir,
-        splits=("test",),
-        force=True,
-        progress=False,
+    rebuilt, _ = build_index(
+        BuildSettings(
+            encoder=encoder,
+            index=index.path,
+            data_dir=small_idx_dir,
+            splits=("test",),
+            force=True,
+            progress=False,
+        )
     )
     published.add(len(rebuilt.store.rows))
     for i in range(3):

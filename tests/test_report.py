@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from siamindex.build import BuildSettings, build_index
 from siamindex.cli import cli
-from siamindex.index import Index
 from siamindex.report import FIGURE_DPI, FIGURES, write_report
 from siamindex.training import TrainConfig, train
 
@@ -31,10 +31,14 @@ EXPECTED_SIZES = {  # figsize in inches x FIGURE_DPI
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory, small_idx_dir):
     folder = tmp_path_factory.mktemp("report")
-    config = TrainConfig(encoder="cnn", epochs=1, embedding_dim=16, data_dir=str(small_idx_dir))
+    config = TrainConfig(
+        architecture="cnn", epochs=1, embedding_dim=16, data_dir=str(small_idx_dir)
+    )
     trained = train(config, folder / "enc.keras", progress=False)
-    index = Index.build(
-        folder / "idx", encoder=trained.path, data_dir=small_idx_dir, progress=False
+    index, _ = build_index(
+        BuildSettings(
+            encoder=trained.path, index=folder / "idx", data_dir=small_idx_dir, progress=False
+        )
     )
     return index, write_report(index, folder / "out")
 

@@ -18,7 +18,7 @@ def test_article_reproduction_lands_in_the_articles_range(tmp_path):
     # One seed varies by about +-0.005 (0.957-0.965 over seeds 0-2), so judge the median of three.
     accuracies = []
     for seed in range(3):
-        config = TrainConfig(encoder="seed-mlp", seed=seed)
+        config = TrainConfig(architecture="article-mlp", seed=seed)
         result = train(config, tmp_path / f"article-{seed}.keras", progress=False)
         assert result.report["epochs_run"] == 20
         accuracies.append(result.report["pair_accuracy"]["test"])

@@ -12,7 +12,7 @@ from siamindex.training import TrainConfig, train
 @pytest.fixture(scope="module")
 def trained_cnn(tmp_path_factory):
     out = tmp_path_factory.mktemp("cnn") / "encoder.keras"
-    config = TrainConfig(encoder="cnn", epochs=2, train_size=3000, test_size=500, seed=1)
+    config = TrainConfig(architecture="cnn", epochs=2, train_size=3000, test_size=500, seed=1)
     return train(config, out, progress=False)
 
 
@@ -56,25 +56,32 @@ def test_saved_encoder_is_the_trained_one(trained_cnn, mnist_test):
     )
 
 
-def test_article_reproduction_uses_seed_pairs_rmsprop_and_fixed_epochs(tmp_path):
-    config = TrainConfig(encoder="seed-mlp", epochs=2, train_size=1000, test_size=200, patience=0)
+def test_article_reproduction_uses_article_pairs_rmsprop_and_fixed_epochs(tmp_path):
+    config = TrainConfig(
+        architecture="article-mlp", epochs=2, train_size=1000, test_size=200, patience=0
+    )
     result = train(config, tmp_path / "mlp.keras", progress=False)
     settings = result.report["settings"]
-    assert settings["sampler"] == "seed" and settings["article_reproduction"] is True
+    assert settings["sampler"] == "article" and settings["article_reproduction"] is True
     assert result.report["optimizer"] == "RMSprop"
     # No early stopping in the reproduction, even with patience 0.
     assert result.report["epochs_run"] == 2
 
 
 def test_article_defaults_resolve_to_twenty_epochs():
-    resolved = TrainConfig(encoder="seed-mlp").resolved()
-    assert (resolved.epochs, resolved.sampler, resolved.embedding_dim) == (20, "seed", 128)
-    assert TrainConfig(encoder="seed-mlp", sampler="balanced").resolved().epochs != 20
+    resolved = TrainConfig(architecture="article-mlp").resolved()
+    assert (resolved.epochs, resolved.sampler, resolved.embedding_dim) == (20, "article", 128)
+    assert TrainConfig(architecture="article-mlp", sampler="balanced").resolved().epochs != 20
 
 
 def test_balanced_sampler_trains_through_the_siamese_model(tmp_path):
     config = TrainConfig(
-        encoder="cnn", sampler="balanced", epochs=1, train_size=500, test_size=100, embedding_dim=8
+        architecture="cnn",
+        sampler="balanced",
+        epochs=1,
+        train_size=500,
+        test_size=100,
+        embedding_dim=8,
     )
     result = train(config, tmp_path / "b.keras", progress=False)
     assert result.report["epochs_run"] == 1
@@ -82,7 +89,9 @@ def test_balanced_sampler_trains_through_the_siamese_model(tmp_path):
 
 
 def test_same_seed_same_pairs_same_start(tmp_path):
-    config = TrainConfig(encoder="seed-mlp", epochs=1, train_size=400, test_size=100, seed=5)
+    config = TrainConfig(
+        architecture="article-mlp", epochs=1, train_size=400, test_size=100, seed=5
+    )
     first = train(config, tmp_path / "a.keras", progress=False).report["history"]["loss"]
     second = train(config, tmp_path / "b.keras", progress=False).report["history"]["loss"]
     assert first == pytest.approx(second, rel=1e-3)

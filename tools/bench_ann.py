@@ -18,7 +18,8 @@ from benchlib import blas_kernels, markdown_table, median_seconds
 
 from siamindex import model
 from siamindex.data import load_dataset
-from siamindex.store import IndexStore, Rows
+from siamindex.facts import IndexFacts
+from siamindex.store import IndexStore, Rows, build_faiss_index
 
 VARIANTS = [
     ("flat", {}),
@@ -32,16 +33,14 @@ VARIANTS = [
 EPSILON = 1e-3
 
 
-def rows_of(vectors: np.ndarray, labels: np.ndarray) -> Rows:
+def store_of(vectors: np.ndarray, labels: np.ndarray, index_type: str) -> IndexStore:
+    """An in-memory store of ``index_type`` over the vectors (threshold unused here)."""
     n = len(vectors)
-    return Rows(
-        np.arange(n, dtype=np.int64),
-        labels,
-        np.full(n, "train"),
-        np.arange(n, dtype=np.int64),
-        np.full(n, ""),
-        vectors,
-    )
+    ids = np.arange(n, dtype=np.int64)
+    rows = Rows(ids, labels, np.full(n, "train"), ids, np.full(n, ""), vectors)
+    facts = IndexFacts(embedding_dim=vectors.shape[1], threshold=0.0, index_type=index_type)
+    index = build_faiss_index(vectors, ids, index_type, seed=0)
+    return IndexStore(index, rows, tuple(map(str, range(10))), np.full(10, np.nan), facts)
 
 
 def main() -> None:
@@ -54,14 +53,13 @@ def main() -> None:
     encoder = model.load_encoder(args.encoder)
     train, test = load_dataset(split="train"), load_dataset(split="test")
     stored, queries = model.embed(encoder, train.images), model.embed(encoder, test.images)
-    rows = rows_of(stored, train.labels)
     built: dict[str, tuple[IndexStore, float]] = {}
     truth = None
     table = []
     for index_type, knobs in VARIANTS:
         if index_type not in built:
             started = time.perf_counter()
-            built[index_type] = (IndexStore.create(rows, train.class_names, index_type), 0.0)
+            built[index_type] = (store_of(stored, train.labels, index_type), 0.0)
             built[index_type] = (built[index_type][0], time.perf_counter() - started)
         store, build_seconds = built[index_type]
         distances, ids = store.search(queries, 1, **knobs)

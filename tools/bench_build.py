@@ -24,10 +24,10 @@ from benchlib import markdown_table
 PHASES = ("load", "embed", "add", "calibrate", "write")
 ONE_BUILD = """
 import json, sys
-from siamindex.index import Index
-index = Index.build(sys.argv[1], encoder=sys.argv[2], progress=False)
-print(json.dumps({"seconds": index.build_phases.seconds, "peak_mb": index.build_phases.peak_mb,
-                  "count": index.info()["count"]}))
+from siamindex.build import BuildSettings, build_index
+index, phases = build_index(BuildSettings(encoder=sys.argv[2], index=sys.argv[1], progress=False))
+print(json.dumps({"seconds": phases.seconds, "peak_mb": phases.peak_mb,
+                  "count": index.info().count}))
 """
 
 
@@ -53,7 +53,7 @@ def main() -> None:
                     "-m",
                     "siamindex",
                     "build-index",
-                    "--name",
+                    "--index",
                     str(Path(folder) / f"cli{i}"),
                     "--encoder",
                     args.encoder,

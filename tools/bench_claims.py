@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from benchlib import blas_kernels, markdown_table, median_seconds
 
+from siamindex.build import BuildSettings, build_index
 from siamindex.data import load_dataset
 from siamindex.evaluation import true_and_false_claims
-from siamindex.index import Index
 from siamindex.query import check_membership, membership_summary
 
 
@@ -59,15 +59,23 @@ def main() -> None:
     args = parser.parse_args()
     test = load_dataset(split="test")
     with tempfile.TemporaryDirectory() as folder:
-        index = Index.build(
-            Path(folder) / "train-only", encoder=args.encoder, splits=("train",), progress=False
+        index, _ = build_index(
+            BuildSettings(
+                encoder=args.encoder,
+                index=Path(folder) / "train-only",
+                splits=("train",),
+                progress=False,
+            )
         )
         store = index.store
         queries = index.query(test.images, k=1)
         predicted = np.array([q.predicted if q.predicted is not None else "-" for q in queries])
         one_nn = float(
             np.mean(
-                [q.matches[0].label == str(t) for q, t in zip(queries, test.labels, strict=True)]
+                [
+                    q.matches[0].class_name == str(t)
+                    for q, t in zip(queries, test.labels, strict=True)
+                ]
             )
         )
         open_set = float(np.mean(predicted == np.array([str(t) for t in test.labels])))
@@ -76,9 +84,9 @@ def main() -> None:
         images = test.images[claims.rows]
         classes = [str(c) for c in claims.classes]
         truth = [str(t) for t in test.labels[claims.rows]]
-        results = index.check(images, classes, true_labels=truth)
+        results = index.check(images, classes, true_classes=truth)
         summary = membership_summary(results)
-        per_class_results = index.check(images, classes, per_class=True, true_labels=truth)
+        per_class_results = index.check(images, classes, per_class=True, true_classes=truth)
         per_class_summary = membership_summary(per_class_results)
 
         vectors = index.embed(images)
@@ -86,7 +94,7 @@ def main() -> None:
         partition = index.partition
         names = [str(i) for i in range(len(groups))]
         reference = brute_force(
-            store.rows.embeddings, store.rows.labels, vectors, groups, index.support
+            store.rows.embeddings, store.rows.labels, vectors, groups, index.facts.support
         )
         faiss_distances = np.array(
             [r.support_distance for r in check_membership(store, partition, vectors, names, groups)]
@@ -95,18 +103,18 @@ def main() -> None:
 
         warm = median_seconds(lambda: index.check(images, classes), args.repeats)
         search_only = median_seconds(
-            lambda: partition.nearest(vectors, groups, support=index.support), args.repeats
+            lambda: partition.nearest(vectors, groups, support=index.facts.support), args.repeats
         )
         numpy_only = median_seconds(
             lambda: brute_force(
-                store.rows.embeddings, store.rows.labels, vectors, groups, index.support
+                store.rows.embeddings, store.rows.labels, vectors, groups, index.facts.support
             ),
             args.repeats,
         )
 
         csv_path = Path(folder) / "claims.csv"
         csv_path.write_text(
-            "image,class,label\n"
+            "image,class,true_class\n"
             + "".join(
                 f"mnist:test:{row},{group},{label}\n"
                 for row, group, label in zip(claims.rows, classes, truth, strict=True)
@@ -135,7 +143,7 @@ def main() -> None:
     n = len(groups)
     print(
         f"index: MNIST train split ({len(store.rows)} images, {store.embedding_dim}-d, flat); "
-        f"queries: the 10,000 test images; threshold {store.threshold:.4f} (Euclidean)"
+        f"queries: the 10,000 test images; threshold {store.facts.threshold:.4f} (Euclidean)"
     )
     print("BLAS: " + "; ".join(blas_kernels()) + "\n")
     print(

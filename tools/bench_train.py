@@ -24,7 +24,7 @@ from siamindex.evaluation import evaluate
 from siamindex.training import TrainConfig, train
 
 RUNS = {
-    "article (seed-mlp, seed pairs, 20 epochs)": TrainConfig(encoder="seed-mlp"),
+    "article (article-mlp, article pairs, 20 epochs)": TrainConfig(architecture="article-mlp"),
     "default (cnn, in-batch pairs)": TrainConfig(),
 }
 
@@ -62,7 +62,7 @@ def main() -> None:
             continue
         runs = []
         for seed in range(args.repeats):
-            path = out_dir / f"{config.encoder}-seed{seed}.keras"
+            path = out_dir / f"{config.architecture}-seed{seed}.keras"
             runs.append(
                 train(TrainConfig(**{**config.__dict__, "seed": seed}), path, progress=False)
             )

@@ -1,0 +1,256 @@
+"""The build pipeline: a dataset and an encoder in, a calibrated, verified bundle out.
+
+``build_index(BuildSettings(...))`` loads the dataset, embeds it, fills a FAISS index, calibrates
+the membership and pair thresholds, and publishes the bundle atomically. It never trains: give it
+an encoder file (the CLI trains one first when ``build-index`` gets none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from siamindex import bundle
+from siamindex.data import SPLITS, Dataset, load_dataset, sha256_file
+from siamindex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INDEX, DEFAULT_SUPPORT
+from siamindex.embedding import Embedder, embed_in_chunks, load_embedder
+from siamindex.errors import DataError, IndexExists
+from siamindex.evaluation import calibrate, calibrate_pairs
+from siamindex.facts import IndexFacts
+from siamindex.index import Index
+from siamindex.store import IndexStore, Rows, build_faiss_index, image_hashes, new_faiss_index
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What to build.
+
+    Attributes:
+        encoder: the ``.keras`` encoder file the vectors come from.
+        index: index name (under ``./indexes`` or ``$SIAMINDEX_INDEXES``) or path.
+        data_dir: dataset folder; None for the bundled MNIST.
+        splits: which splits to index.
+        index_type: "flat" or a FAISS index_factory string.
+        batch_size: images per encoder call.
+        force: replace an existing index (only once the new one is complete).
+        target_precision: calibrate to the largest threshold reaching this precision instead
+            of max F1.
+        resize: resize class-folder images that are not 28x28.
+        seed: drives sampling for FAISS training and calibration.
+        support: a membership claim holds when this many stored members of the class lie
+            within the threshold (1: the nearest member alone decides).
+        progress: show progress bars.
+    """
+
+    encoder: str | Path
+    index: str | Path = DEFAULT_INDEX
+    data_dir: str | Path | None = None
+    splits: tuple[str, ...] = SPLITS
+    index_type: str = "flat"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    force: bool = False
+    target_precision: float | None = None
+    resize: bool = False
+    seed: int = 0
+    support: int = DEFAULT_SUPPORT
+    progress: bool = True
+
+
+class Phases:
+    """Seconds and peak memory (MB of resident memory, Linux only) of named build phases."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peak_mb: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        _reset_peak_memory()
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 3)
+        peak = _peak_memory_mb()
+        if peak is not None:
+            self.peak_mb[name] = peak
+
+
+def build_index(settings: BuildSettings, embed: Embedder | None = None) -> tuple[Index, Phases]:
+    """Embed a dataset into a new index bundle, calibrate it, and publish it atomically.
+
+    Args:
+        settings: what to build.
+        embed: the embedder to use instead of loading ``settings.encoder`` (which is still
+            the file stored in the bundle).
+
+    Returns:
+        (the opened index, seconds and peak memory of each phase).
+
+    Raises:
+        IndexExists, IndexLocked, DataError, EncoderError, BadIndexType.
+    """
+    path = check_settings(settings)
+    encoder_file = Path(settings.encoder)
+    phases = Phases()
+    with bundle.writer_lock(path):
+        with phases("load"):
+            embed = embed or load_embedder(encoder_file, settings.batch_size)
+            datasets = _load_splits(settings)
+        store = _make_store(settings, embed, datasets, phases)
+        report = _training_report_of(encoder_file)
+        with phases("write"):
+            bundle.publish(
+                path,
+                lambda into: bundle.write_bundle(into, store.write, encoder_file, report),
+                force=settings.force,
+            )
+    logger.info("built %s: %s", path, phases.seconds)
+    return Index.open(path, embed=embed), phases
+
+
+def check_settings(settings: BuildSettings) -> Path:
+    """Reject what would fail a build, before any slow work (training, embedding).
+
+    Returns:
+        Where the index will be written.
+
+    Raises:
+        IndexExists: the index exists and ``force`` is not set.
+        BadIndexType: FAISS does not understand the index type.
+        DataError: support is below 1.
+    """
+    path = bundle.index_path(settings.index)
+    if (path.exists() or path.is_symlink()) and not settings.force:
+        raise IndexExists(f"Index '{path}' already exists; pass --force to replace it.")
+    new_faiss_index(8, settings.index_type)
+    if settings.support < 1:
+        raise DataError(f"support must be at least 1, got {settings.support}.")
+    return path
+
+
+def _load_splits(settings: BuildSettings) -> list[Dataset]:
+    datasets = [
+        load_dataset(settings.data_dir, split, resize=settings.resize) for split in settings.splits
+    ]
+    if any(d.class_names != datasets[0].class_names for d in datasets[1:]):
+        raise DataError(
+            f"Splits of '{settings.data_dir}' have different classes; give every split the same "
+            "class folders."
+        )
+    return datasets
+
+
+def _make_store(
+    settings: BuildSettings, embed: Embedder, datasets: list[Dataset], phases: Phases
+) -> IndexStore:
+    images = np.concatenate([d.images for d in datasets])
+    with phases("embed"):
+        vectors = embed_in_chunks(embed, images, 4 * settings.batch_size, settings.progress)
+    with phases("add"):
+        rows = Rows(
+            ids=np.arange(len(images), dtype=np.int64),
+            labels=np.concatenate([d.labels for d in datasets]),
+            split=np.concatenate([np.full(len(d), d.split) for d in datasets]),
+            source_index=np.concatenate([d.source_index for d in datasets]),
+            image_sha256=image_hashes(images),
+            embeddings=vectors,
+        )
+        index = build_faiss_index(vectors, rows.ids, settings.index_type, settings.seed)
+    with phases("calibrate"):
+        rng = np.random.default_rng(settings.seed)
+        calibration = calibrate(
+            vectors,
+            rows.labels,
+            rng,
+            target_precision=settings.target_precision,
+            support=settings.support,
+        )
+        pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
+    class_thresholds = np.full(len(datasets[0].class_names), np.nan)
+    for label, threshold in calibration.per_class.items():
+        class_thresholds[label] = threshold
+    facts = IndexFacts(
+        embedding_dim=int(vectors.shape[1]),
+        threshold=calibration.threshold,
+        index_type=settings.index_type,
+        threshold_method=calibration.method,
+        threshold_f1=calibration.f1,
+        support=settings.support,
+        pair_threshold=pair_threshold,
+        pair_threshold_accuracy=pair_accuracy,
+        target_precision=settings.target_precision,
+        encoder_sha256=sha256_file(settings.encoder),
+        dataset_fingerprint=dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),
+        source=datasets[0].source,
+        splits=tuple(settings.splits),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=_versions(),
+        next_id=len(rows),
+    )
+    return IndexStore(index, rows, tuple(datasets[0].class_names), class_thresholds, facts)
+
+
+def dataset_fingerprint(hashes: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:
+    """SHA-256 over each row's split, label and image hash, in order."""
+    digest = hashlib.sha256()
+    for split, label, image in zip(splits, labels, hashes, strict=True):
+        digest.update(f"{split}:{label}:{image}\n".encode())
+    return digest.hexdigest()
+
+
+def _training_report_of(encoder_file: Path) -> Path | None:
+    """The JSON report beside an encoder file, if it is that encoder's (SHA-256 matches)."""
+    report = encoder_file.with_suffix(".json")
+    try:
+        recorded = json.loads(report.read_text()).get("encoder_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return report if recorded == sha256_file(encoder_file) else None
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+    import h5py
+
+    from siamindex.version import __version__
+
+    found = {
+        "siamindex": __version__,
+        "faiss": faiss.__version__,
+        "h5py": h5py.__version__,
+        "numpy": np.__version__,
+    }
+    for module in ("tensorflow", "keras"):
+        if module in sys.modules:
+            found[module] = getattr(sys.modules[module], "__version__", "?")
+    return found
+
+
+def _reset_peak_memory() -> None:
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_memory_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,61 @@
+"""The words and defaults that the CLI and the library share, importable without TensorFlow.
+
+One vocabulary (see the README's "Names" table):
+
+* **class**: what an image belongs to, by name ("7"). Per-row integer arrays that hold a class's
+  position in ``class_names`` are called ``labels``.
+* **index**: a bundle found by name or path; every command takes it as ``--index NAME``.
+* **encoder**: always a ``.keras`` file; the network's shape is its **architecture**.
+* **article**: the article's protocol (``--architecture article-mlp --sampler article``);
+  **seed** only ever means the random seed.
+
+Old spellings are mapped by ``canonical``, which says once that they are deprecated.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from siamindex.errors import OldSpelling
+
+ARCHITECTURES = ("article-mlp", "cnn")
+DEFAULT_ARCHITECTURE = "cnn"
+SAMPLERS = ("article", "balanced", "in-batch")
+PAIR_SAMPLERS = ("article", "balanced")  # the samplers that draw explicit pairs
+DEFAULT_SAMPLER = {"article-mlp": "article", "cnn": "in-batch"}
+DEFAULT_EMBEDDING_DIM = {"article-mlp": 128, "cnn": 64}
+
+DEFAULT_INDEX = "mnist"
+INDEX_ENV = "SIAMINDEX_INDEX"  # default index name for every command
+INDEXES_ENV = "SIAMINDEX_INDEXES"  # the folder that names are found in
+
+DEFAULT_BATCH_SIZE = 1024  # images per encoder call when embedding
+ARTICLE_THRESHOLD = 0.5  # the article's fixed pair threshold
+# A membership claim holds when this many stored members of the class lie within the threshold.
+# One stray or mislabelled stored image (MNIST has some) then cannot make a whole neighbouring
+# class "members": with 1, a single train "3" inside the 5s accepted 85% of "is a 3" claims
+# about 5s.
+DEFAULT_SUPPORT = 3
+
+# Old spelling -> current spelling, per kind of value.
+ALIASES: dict[str, dict[str, str]] = {
+    "architecture": {"seed-mlp": "article-mlp"},
+    "sampler": {"seed": "article"},
+}
+
+
+def canonical(kind: str, value: str) -> str:
+    """The current spelling of ``value`` (an architecture or sampler name).
+
+    An old spelling still works and warns (``OldSpelling``, a ``DeprecationWarning``) naming
+    the new one.
+    """
+    new = ALIASES.get(kind, {}).get(value)
+    if new is None:
+        return value
+    warnings.warn(
+        f"{kind} '{value}' is now called '{new}'; the old name will be removed.",
+        OldSpelling,
+        stacklevel=3,
+    )
+    return new

@@ -1,0 +1,66 @@
+"""Exact FAISS search, global and per class, against brute-force NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import brute_force
+
+from siamindex.search import ClassPartition, exact_search
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(200, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(
+        np.float32
+    )
+
+
+def test_exact_search_matches_numpy(vectors):
+    base, queries = vectors
+    distances, rows = exact_search(base, queries, k=7, batch_size=16)
+    want_distances, want_rows = brute_force(base, queries, 7)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(distances, want_distances, atol=1e-5)
+
+
+def test_class_partition_matches_numpy(vectors):
+    base, queries = vectors
+    labels = np.random.default_rng(1).integers(0, 4, size=len(base))
+    classes = np.random.default_rng(2).integers(0, 4, size=len(queries))
+    partition = ClassPartition(base, labels)
+    distances, rows, third = partition.nearest(queries, classes, support=3)
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        d = np.linalg.norm(base[members] - queries[i], axis=1)
+        assert rows[i] == members[np.argmin(d)]
+        assert abs(distances[i] - d.min()) < 1e-5
+        assert abs(third[i] - np.sort(d)[2]) < 1e-5
+
+
+def test_class_partition_leave_one_out(vectors):
+    base, _ = vectors
+    labels = np.random.default_rng(1).integers(0, 4, size=len(base))
+    partition = ClassPartition(base, labels)
+    rows = np.arange(len(base))
+    distances, found, second = partition.nearest(base, labels, exclude_rows=rows, support=2)
+    assert not np.any(found == rows)
+    for i in rows:
+        members = np.flatnonzero((labels == labels[i]) & (rows != i))
+        d = np.sort(np.linalg.norm(base[members] - base[i], axis=1))
+        assert abs(distances[i] - d[0]) < 1e-5
+        assert abs(second[i] - d[1]) < 1e-5
+
+
+def test_support_falls_back_to_the_farthest_member_of_a_small_class():
+    base = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]], np.float32)
+    partition = ClassPartition(base, np.array([0, 0, 1]))
+    nearest, rows, kth = partition.nearest(
+        np.zeros((2, 2), np.float32), np.array([0, 1]), support=3
+    )
+    np.testing.assert_allclose(nearest, [0.0, np.hypot(5, 5)], atol=1e-6)
+    np.testing.assert_allclose(kth, [1.0, np.hypot(5, 5)], atol=1e-6)
+    # Leave-one-out on a class with no other member: nothing to measure.
+    _, rows, kth = partition.nearest(base[2:], np.array([1]), exclude_rows=np.array([2]), support=3)
+    assert rows[0] == -1 and np.isinf(kth[0])
