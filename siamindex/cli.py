@@ -26,6 +26,7 @@ from siamindex.defaults import (
     DEFAULT_INDEX,
     DEFAULT_SUPPORT,
     INDEX_ENV,
+    PREPARE_MODES,
     SAMPLERS,
 )
 from siamindex.errors import BadIndexType, BadSearchSetting, OldSpelling, SiamIndexError
@@ -298,13 +299,10 @@ def evaluate(
     output_format: str,
 ) -> None:
     """Measure an encoder on the test split against the train split, beside raw pixels."""
+    from siamindex.embedding import load_embedder
     from siamindex.evaluation import evaluate as run_evaluation
-    from siamindex.model import embed, load_encoder
 
-    encoder = load_encoder(encoder_path)
-    results = run_evaluation(
-        functools.partial(embed, encoder), data_dir, seed, train_size, test_size
-    )
+    results = run_evaluation(load_embedder(encoder_path), data_dir, seed, train_size, test_size)
     if output_format == "json":
         click.echo(json.dumps(results, indent=2))
         return
@@ -360,7 +358,16 @@ output_option = click.option(
     help="A readable table, or JSON / CSV for programs.",
 )
 resize_option = click.option(
-    "--resize", is_flag=True, help="Resize image files that are not 28x28."
+    "--resize", is_flag=True, help="Only scale image files to 28x28 (instead of --prepare)."
+)
+prepare_option = click.option(
+    "--prepare",
+    type=click.Choice(PREPARE_MODES),
+    default="auto",
+    show_default=True,
+    help="mnist: lay each image out as MNIST did (light ink on black, ink scaled into a 20x20 "
+    "box, centred by mass in 28x28); auto: only images that are not 28x28 light-on-dark "
+    "already; none: use as given.",
 )
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 
@@ -530,6 +537,7 @@ def _print_info(facts: dict[str, Any], output_format: str) -> None:
 @click.option("--label", "old_label", default=None, hidden=True, help="Old spelling of --class.")
 @click.option("--new-class", is_flag=True, help="Allow a class the index does not have yet.")
 @resize_option
+@prepare_option
 @click.pass_context
 @_errors_to_messages
 def add(
@@ -540,6 +548,7 @@ def add(
     old_label: str | None,
     new_class: bool,
     resize: bool,
+    prepare: str,
 ) -> None:
     """Add images of one class to an index, without a rebuild. Prints the new ids."""
     from siamindex.index import Index
@@ -556,7 +565,7 @@ def add(
         raise click.UsageError("add needs --class C, the class of the images.")
     index_name, images = _old_positional_index(ctx, index_name, images, "add NAME IMAGE...")
     index = Index.open(index_name)
-    loaded = load_images(images, resize=resize)
+    loaded = load_images(images, resize=resize, prepare=prepare)
     ids = index.add(loaded.pixels, class_name, new_class=new_class)
     click.echo(f"added {len(ids)} image(s) as class {class_name}: ids {_id_list(ids)}")
 
@@ -648,6 +657,7 @@ def _emit_csv(header: list[str], rows: list[list[Any]]) -> None:
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF cells to visit.")
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search breadth.")
 @resize_option
+@prepare_option
 @click.option(
     "--show",
     "show_path",
@@ -665,6 +675,7 @@ def query(
     nprobe: int | None,
     ef_search: int | None,
     resize: bool,
+    prepare: str,
     show_path: str | None,
     output_format: str,
     quiet: bool,
@@ -677,14 +688,13 @@ def query(
     """
     from siamindex.index import Index
     from siamindex.inputs import load_images
-    from siamindex.query import to_json
 
     if show_path:
         from siamindex.report import require_matplotlib
 
         require_matplotlib()
     index = Index.open(index_name)
-    loaded = load_images(images, resize=resize)
+    loaded = load_images(images, resize=resize, prepare=prepare)
     results = index.query(
         loaded.pixels, k, loaded.names, nprobe=nprobe, ef_search=ef_search, progress=not quiet
     )
@@ -692,10 +702,19 @@ def query(
         from siamindex.report import write_query_figure
 
         write_query_figure(index, loaded.pixels, loaded.names, results, show_path)
+    _print_query(results, output_format)
+
+
+QUERY_CSV_HEADER = ["query", "predicted", "rank", "id", "class", "split", "distance"]
+
+
+def _print_query(results: Sequence[Any], output_format: str) -> None:
+    from siamindex.query import to_json
+
     if output_format == "json":
         click.echo(json.dumps(to_json(results), indent=2))
         return
-    header = ["query", "predicted", "rank", "id", "class", "split", "distance"]
+    header = QUERY_CSV_HEADER
     rows = [
         [
             r.query,
@@ -736,6 +755,7 @@ def query(
 @index_option
 @click.option("--per-class", is_flag=True, help="Use each class's calibrated threshold.")
 @resize_option
+@prepare_option
 @output_option
 @quiet_option
 @_errors_to_messages
@@ -746,6 +766,7 @@ def check(
     index_name: str,
     per_class: bool,
     resize: bool,
+    prepare: str,
     output_format: str,
     quiet: bool,
 ) -> None:
@@ -767,7 +788,7 @@ def check(
     from siamindex.query import membership_summary
 
     index = Index.open(index_name)
-    pixels, names, classes, truth = _claims(index, images, class_name, claims_file, resize)
+    pixels, names, classes, truth = _claims(index, images, class_name, claims_file, resize, prepare)
     results = index.check(pixels, classes, per_class, names, truth, progress=not quiet)
     _print_check(results, membership_summary(results), output_format)
 
@@ -778,15 +799,16 @@ def _claims(
     class_name: str | None,
     claims_file: str | None,
     resize: bool,
+    prepare: str,
 ) -> tuple[Any, list[str], list[str], list[str | None]]:
     """(pixels, names, claimed classes, true classes) from a claims CSV or --class IMAGE..."""
     from siamindex.inputs import load_images, read_claims
 
     if claims_file is not None:
-        claims = read_claims(claims_file, resize=resize)
+        claims = read_claims(claims_file, resize=resize, prepare=prepare)
         _check_claim_classes(index, claims, claims_file)
         return claims.images.pixels, claims.images.names, claims.classes, claims.true_classes
-    loaded = load_images(images, resize=resize)
+    loaded = load_images(images, resize=resize, prepare=prepare)
     known = index.store.class_names
     truth = [known[t] if 0 <= t < len(known) else None for t in loaded.labels]
     return loaded.pixels, loaded.names, [str(class_name)] * len(loaded), truth
@@ -878,6 +900,7 @@ def _summary_table(summary: dict[str, Any]) -> str:
     help="Compare with this encoder instead of an index's (threshold: the article's 0.5).",
 )
 @resize_option
+@prepare_option
 @click.option(
     "--format",
     "output_format",
@@ -892,13 +915,14 @@ def compare(
     index_name: str,
     encoder_path: str | None,
     resize: bool,
+    prepare: str,
     output_format: str,
 ) -> None:
     """Distance between two images and the verdict "same" or "different"."""
     from siamindex.inputs import load_images
     from siamindex.query import to_json
 
-    pair = load_images([first, second], resize=resize)
+    pair = load_images([first, second], resize=resize, prepare=prepare)
     if len(pair) != 2:
         raise click.UsageError("compare takes exactly two images; name single rows (FILE.npy:ROW).")
     if encoder_path:

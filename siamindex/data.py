@@ -224,12 +224,19 @@ def _load_idx_split(folder: Path, split: str, bundled: bool) -> Dataset:
     )
 
 
-def load_image_file(path: str | os.PathLike[str], resize: bool = False) -> np.ndarray:
+def load_image_file(
+    path: str | os.PathLike[str], resize: bool = False, prepare: str = "none"
+) -> np.ndarray:
     """Decode one PNG/JPEG file into a uint8 (28, 28) array by the module's conversion rule.
 
+    Args:
+        path: the file.
+        resize: scale any size to 28x28 (nothing else).
+        prepare: "none" (must be 28x28), "mnist" or "auto" (see ``siamindex.prepare``).
+
     Raises:
-        DataError: the file is missing or not a readable image, or is not 28x28 and
-            ``resize`` is False.
+        DataError: the file is missing or not a readable image, or is not 28x28 and neither
+            ``resize`` nor ``prepare`` makes it so.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -244,12 +251,19 @@ def load_image_file(path: str | os.PathLike[str], resize: bool = False) -> np.nd
         raise DataError(f"'{path}' declares an enormous image; refusing to decode it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"'{path}' is not a readable PNG/JPEG image ({exc}).") from None
+    if prepare != "none" and not resize:
+        from siamindex.prepare import prepare as lay_out
+
+        try:
+            return lay_out(np.asarray(gray, dtype=np.uint8), prepare)
+        except DataError as exc:
+            raise DataError(f"Image '{path}': {exc}") from None
     if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
         if not resize:
             width, height = gray.size
             raise DataError(
                 f"Image '{path}' is {width}x{height}; expected 28x28. "
-                "Pass --resize to scale it to 28x28."
+                "Pass --prepare mnist to lay it out as MNIST, or --resize to scale it."
             )
         gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.uint8)

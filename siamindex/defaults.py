@@ -25,6 +25,8 @@ PAIR_SAMPLERS = ("article", "balanced")  # the samplers that draw explicit pairs
 DEFAULT_SAMPLER = {"article-mlp": "article", "cnn": "in-batch"}
 DEFAULT_EMBEDDING_DIM = {"article-mlp": 128, "cnn": 64}
 
+PREPARE_MODES = ("auto", "mnist", "none")  # how IMAGE arguments become MNIST-like (prepare.py)
+
 DEFAULT_INDEX = "mnist"
 INDEX_ENV = "SIAMINDEX_INDEX"  # default index name for every command
 INDEXES_ENV = "SIAMINDEX_INDEXES"  # the folder that names are found in

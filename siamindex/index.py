@@ -229,6 +229,29 @@ class Index:
                 f"Unknown class '{class_name}'; this index has classes {known}."
             ) from None
 
+    def stored_images(self, rows: np.ndarray) -> list[np.ndarray | None]:
+        """The (28, 28) uint8 images of stored rows, read back from the dataset they were
+        built from; None for images added later or a dataset no longer there.
+
+        Raises:
+            DataError: the source dataset cannot be read.
+        """
+        from siamindex.data import load_dataset
+
+        source = self.facts.source
+        cache: dict[str, Any] = {}
+        out: list[np.ndarray | None] = []
+        for row in rows:
+            split = str(self.store.rows.split[row])
+            where = int(self.store.rows.source_index[row])
+            if split not in ("train", "test") or where < 0:
+                out.append(None)
+                continue
+            if split not in cache:
+                cache[split] = load_dataset(None if source == "mnist" else source, split)
+            out.append(cache[split].images[where])
+        return out
+
     def training_report(self) -> dict[str, Any] | None:
         """The encoder's training report, when the bundle has one (built by training, or from
         an encoder file whose report lay beside it)."""

@@ -2,12 +2,15 @@
 
 An IMAGE is one of:
 
-* a PNG or JPEG file, converted by the rule in ``siamindex.data`` (28x28 unless ``resize``);
+* a PNG or JPEG file of any size, converted by the rule in ``siamindex.data``;
 * a ``.npy`` file of one image (28, 28) or many (n, 28, 28): either uint8 (or another integer
   type) with values 0..255, or float with values 0..1 (scaled by 255 and rounded);
   ``FILE.npy:ROW`` picks one row of a stack;
 * an IDX file of images (n, 28, 28), gzipped or not;
 * a bundled dataset item or range: ``mnist:test:7``, ``mnist:train:0-999`` (both ends included).
+
+Files and arrays then go through ``siamindex.prepare`` (``prepare="auto"``: anything that is not
+already a 28x28 light-on-dark image is laid out as MNIST); ``resize=True`` only scales instead.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from siamindex.data import (
     read_idx,
 )
 from siamindex.errors import DataError, OldSpelling
+from siamindex.prepare import PREPARE_MODES, prepare
 
 _DATASET_ITEM = re.compile(r"^mnist:(?P<split>\w+)(?::(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
 _NPY_ROW = re.compile(r"^(?P<path>.+\.npy):(?P<row>\d+)$", re.IGNORECASE)
@@ -128,15 +132,36 @@ def _dataset_item(spec: str, match: re.Match[str]) -> tuple[np.ndarray, list[str
     return dataset.images[rows], [f"mnist:{split}:{i}" for i in rows], dataset.labels[rows]
 
 
-def load_one(spec: str, resize: bool = False) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Read one IMAGE argument: (uint8 (n, 28, 28), names, labels or -1)."""
+def _layout(resize: bool, prepare: str) -> str:
+    """One word for how images become 28x28: "resize" (the --resize flag) or a prepare mode."""
+    if prepare not in PREPARE_MODES:
+        raise DataError(f"Unknown --prepare mode '{prepare}'; use {', '.join(PREPARE_MODES)}.")
+    return "resize" if resize else prepare
+
+
+def _prepared(pixels: np.ndarray, layout: str, spec: str) -> np.ndarray:
+    """Arrays (.npy, IDX) through ``prepare``: "auto" lays out only the images that are not
+    light on dark already; "mnist" all of them."""
+    if layout not in ("auto", "mnist"):
+        return pixels
+    try:
+        return np.stack([prepare(image, layout) for image in pixels])
+    except DataError as exc:
+        raise DataError(f"'{spec}': {exc}") from None
+
+
+def load_one(spec: str, layout: str = "auto") -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Read one IMAGE argument: (uint8 (n, 28, 28), names, labels or -1).
+
+    ``layout`` is "resize", or a ``prepare`` mode ("auto", "mnist", "none").
+    """
     match = _DATASET_ITEM.match(spec)
     if match:
         return _dataset_item(spec, match)
     if spec.startswith("mnist:"):
         raise DataError(f"'{spec}' is not a dataset item; write mnist:test:7 or mnist:train:0-99.")
     if _NPY_ROW.match(spec):
-        return load_one_cached(spec, resize, {})
+        return load_one_cached(spec, layout, {})
     path = Path(spec)
     if not path.exists():
         raise DataError(
@@ -148,7 +173,8 @@ def load_one(spec: str, resize: bool = False) -> tuple[np.ndarray, list[str], np
         )
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        return load_image_file(path, resize=resize)[None], [spec], np.array([-1])
+        prepared = load_image_file(path, resize=layout == "resize", prepare=layout)
+        return prepared[None], [spec], np.array([-1])
     if suffix == ".npy":
         pixels = _load_npy(path, spec)
     else:
@@ -156,11 +182,12 @@ def load_one(spec: str, resize: bool = False) -> tuple[np.ndarray, list[str], np
         if array.ndim == 1:
             raise DataError(f"'{spec}' is an IDX label file; pass the images file.")
         pixels = pixels_from_array(array, spec)
+    pixels = _prepared(pixels, layout, spec)
     names = [spec] if len(pixels) == 1 else [f"{spec}:{i}" for i in range(len(pixels))]
     return pixels, names, np.full(len(pixels), -1)
 
 
-def load_images(specs: Sequence[str], resize: bool = False) -> Images:
+def load_images(specs: Sequence[str], resize: bool = False, prepare: str = "auto") -> Images:
     """Read many IMAGE arguments into one batch, in order.
 
     Raises:
@@ -168,7 +195,8 @@ def load_images(specs: Sequence[str], resize: bool = False) -> Images:
     """
     if not specs:
         raise DataError("No images given; pass image files, .npy/IDX files, or mnist:test:N.")
-    parts = [load_one(spec, resize) for spec in specs]
+    layout = _layout(resize, prepare)
+    parts = [load_one(spec, layout) for spec in specs]
     return Images(
         pixels=np.concatenate([p for p, _, _ in parts]),
         names=[name for _, names, _ in parts for name in names],
@@ -187,7 +215,7 @@ class ClaimsFile:
     lines: list[int]
 
 
-def read_claims(path: str | Path, resize: bool = False) -> ClaimsFile:
+def read_claims(path: str | Path, resize: bool = False, prepare: str = "auto") -> ClaimsFile:
     """Read a claims CSV with columns ``image`` and ``class`` and an optional ``true_class``
     (``label``, its old name, still works with a deprecation warning).
 
@@ -211,12 +239,12 @@ def read_claims(path: str | Path, resize: bool = False) -> ClaimsFile:
             f"Claims file '{path}' is not a UTF-8 text CSV ({type(exc).__name__})."
         ) from None
     try:
-        return _parse_claims(path, text, resize)
+        return _parse_claims(path, text, _layout(resize, prepare))
     except csv.Error as exc:
         raise DataError(f"Claims file '{path}' is not valid CSV ({exc}).") from None
 
 
-def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
+def _parse_claims(path: Path, text: str, layout: str) -> ClaimsFile:
     import csv
 
     reader = csv.reader(text.splitlines())
@@ -255,7 +283,7 @@ def _parse_claims(path: Path, text: str, resize: bool) -> ClaimsFile:
         spec = _relative_to(image, path.parent)
         try:
             if spec not in cache:
-                cache[spec] = load_one_cached(spec, resize, cache)
+                cache[spec] = load_one_cached(spec, layout, cache)
             loaded = cache[spec]
         except DataError as exc:
             raise DataError(f"{path}, line {line}: {exc}") from None
@@ -283,16 +311,16 @@ def _relative_to(spec: str, folder: Path) -> str:
 
 
 def load_one_cached(
-    spec: str, resize: bool, cache: dict[str, tuple[np.ndarray, list[str], np.ndarray]]
+    spec: str, layout: str, cache: dict[str, tuple[np.ndarray, list[str], np.ndarray]]
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """``load_one``, reading each ``FILE.npy`` of ``FILE.npy:ROW`` forms only once."""
     row_match = _NPY_ROW.match(spec)
     if not row_match:
-        return load_one(spec, resize)
+        return load_one(spec, layout)
     whole = row_match["path"]
     if whole not in cache:
         cache[whole] = (_load_npy(Path(whole), whole), [whole], np.array([-1]))
     stack, row = cache[whole][0], int(row_match["row"])
     if row >= len(stack):
         raise DataError(f"'{spec}': row {row} is past the end of a stack of {len(stack)} images.")
-    return stack[row : row + 1], [spec], np.array([-1])
+    return _prepared(stack[row : row + 1], layout, spec), [spec], np.array([-1])

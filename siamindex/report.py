@@ -97,25 +97,6 @@ def gather(index: Any, seed: int = 0, sample: int = SAMPLE) -> ReportData:
     )
 
 
-def stored_images(index: Any, rows: np.ndarray) -> list[np.ndarray | None]:
-    """The stored images of index rows, read back from the source dataset (None if unknown)."""
-    from siamindex.data import load_dataset
-
-    source = index.facts.source
-    cache: dict[str, Any] = {}
-    out: list[np.ndarray | None] = []
-    for row in rows:
-        split = str(index.store.rows.split[row])
-        where = int(index.store.rows.source_index[row])
-        if split not in ("train", "test") or where < 0:
-            out.append(None)
-            continue
-        if split not in cache:
-            cache[split] = load_dataset(None if source == "mnist" else source, split)
-        out.append(cache[split].images[where])
-    return out
-
-
 # -- figures -------------------------------------------------------------------------------
 
 
@@ -238,7 +219,7 @@ def figure_gallery(
         axes[q, 0].imshow(data.images[row], cmap="gray")
         axes[q, 0].set_title(f"query ({data.class_names[data.labels[row]]})", fontsize=8)
         stored_rows = index.store.rows_of(np.array([i for _, i in found], dtype=np.int64))
-        pictures = stored_images(index, stored_rows)
+        pictures = index.stored_images(stored_rows)
         for j, ((distance, _), stored_row, picture) in enumerate(
             zip(found, stored_rows, pictures, strict=True), start=1
         ):
@@ -455,7 +436,7 @@ def write_query_figure(
             f"{names[q][-18:]}\n-> {results[q].predicted or 'no match'}", fontsize=7
         )
         ids = np.array([m.id for m in results[q].matches], dtype=np.int64)
-        pictures = stored_images(index, index.store.rows_of(ids))
+        pictures = index.stored_images(index.store.rows_of(ids))
         for j, (match, picture) in enumerate(
             zip(results[q].matches, pictures, strict=True), start=1
         ):

@@ -152,34 +152,68 @@ def _fit(
     rng: np.random.Generator,
     progress: bool,
 ) -> Any:
+    net, loss, metrics, (x, y), validation = _training_task(config, encoder, train, val, rng)
+    steps_per_epoch = int(np.ceil(len(y) / config.batch_size))
+    net.compile(optimizer=_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics)
+    return net.fit(
+        x,
+        y,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=validation,
+        shuffle=True,
+        callbacks=_callbacks(config, steps_per_epoch, progress),
+        verbose=0,
+    )
+
+
+def _training_task(
+    config: TrainConfig, encoder: Any, train: Dataset, val: Dataset, rng: np.random.Generator
+) -> tuple[Any, Any, list[Any], tuple[Any, Any], tuple[Any, Any]]:
+    """(model to fit, loss, metrics, (x, y), validation data) for the config's sampler: the
+    encoder itself on labels (in-batch pairs), or the Siamese model on drawn pairs."""
+    if config.sampler == "in-batch":
+        return (
+            encoder,
+            encoders.InBatchContrastiveLoss(config.margin),
+            [encoders.plain_in_batch_contrastive(config.margin)],
+            (encoders.as_model_input(train.images), train.labels),
+            (encoders.as_model_input(val.images), val.labels),
+        )
+    sampler = str(config.sampler)
+    pairs = make_pairs(train.labels, sampler, rng, same_fraction=ARTICLE_TRAIN_SAME_FRACTION)
+    val_pairs = make_pairs(val.labels, sampler, rng, same_fraction=ARTICLE_EVAL_SAME_FRACTION)
+    return (
+        encoders.build_siamese(encoder),
+        encoders.ContrastiveLoss(config.margin),
+        [],
+        (
+            [encoders.as_model_input(train.images[p]) for p in (pairs.left, pairs.right)],
+            pairs.is_same,
+        ),
+        (
+            [encoders.as_model_input(val.images[p]) for p in (val_pairs.left, val_pairs.right)],
+            val_pairs.is_same,
+        ),
+    )
+
+
+def _optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """RMSprop at a fixed rate for the article; Adam with cosine decay otherwise."""
+    import keras
+
+    if config.is_article_reproduction:
+        return keras.optimizers.RMSprop(learning_rate=config.learning_rate)
+    steps = int(config.epochs or 0) * steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.05)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def _callbacks(config: TrainConfig, steps_per_epoch: int, progress: bool) -> list[Any]:
+    """Early stopping (never for the article's fixed 20 epochs) and the progress bar."""
     import keras
 
     callbacks: list[Any] = []
-    metrics: list[Any] = []
-    x: Any
-    validation: Any
-    sampler = str(config.sampler)
-    if sampler == "in-batch":
-        x, y = encoders.as_model_input(train.images), train.labels
-        validation = (encoders.as_model_input(val.images), val.labels)
-        net, loss = encoder, encoders.InBatchContrastiveLoss(config.margin)
-        metrics = [encoders.plain_in_batch_contrastive(config.margin)]
-    else:
-        pairs = make_pairs(train.labels, sampler, rng, same_fraction=ARTICLE_TRAIN_SAME_FRACTION)
-        val_pairs = make_pairs(val.labels, sampler, rng, same_fraction=ARTICLE_EVAL_SAME_FRACTION)
-        x = [encoders.as_model_input(train.images[p]) for p in (pairs.left, pairs.right)]
-        y = pairs.is_same
-        validation = (
-            [encoders.as_model_input(val.images[p]) for p in (val_pairs.left, val_pairs.right)],
-            val_pairs.is_same,
-        )
-        net, loss = encoders.build_siamese(encoder), encoders.ContrastiveLoss(config.margin)
-    if config.is_article_reproduction:
-        optimizer = keras.optimizers.RMSprop(learning_rate=config.learning_rate)
-    else:
-        steps = config.epochs * int(np.ceil(len(y) / config.batch_size))  # type: ignore[operator]
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, steps, alpha=0.05)
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
     if not config.is_article_reproduction:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -192,19 +226,9 @@ def _fit(
                 start_from_epoch=0 if config.sampler != "in-batch" else (config.epochs or 0) // 2,
             )
         )
-    net.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     if progress:
-        callbacks.append(_Progress(config.epochs, int(np.ceil(len(y) / config.batch_size))))  # type: ignore[arg-type]
-    return net.fit(
-        x,
-        y,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=validation,
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=0,
-    )
+        callbacks.append(_Progress(int(config.epochs or 0), steps_per_epoch))
+    return callbacks
 
 
 def align_to_threshold(encoder: Any, val: Dataset, seed: int) -> tuple[Any, float]:
@@ -251,13 +275,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         raise ValueError(f"output path '{out}' must end in .keras")
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    full = load_dataset(config.data_dir, "train")
-    if config.train_size:
-        full = full.subset(slice(0, config.train_size))
-    test = load_dataset(config.data_dir, "test")
-    if config.test_size:
-        test = test.subset(slice(0, config.test_size))
-    train_part, val_part = split_validation(full, config.val_fraction, rng)
+    train_part, val_part, test = _load_parts(config, rng)
 
     encoder = encoders.build_encoder(config.architecture, config.embedding_dim)
     started = time.perf_counter()
@@ -268,22 +286,7 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
         encoder, scale = align_to_threshold(encoder, val_part, config.seed)
     encoders.save_encoder(encoder, out)
 
-    measured = {
-        name: pair_metrics(
-            encoders.embed(encoder, part.images),
-            part.labels,
-            np.random.default_rng(config.seed + offset),
-            ARTICLE_THRESHOLD,
-            same_fraction=fraction,
-        )
-        for offset, (name, part, fraction) in enumerate(
-            [
-                ("train", train_part, ARTICLE_TRAIN_SAME_FRACTION),
-                ("val", val_part, ARTICLE_EVAL_SAME_FRACTION),
-                ("test", test, ARTICLE_EVAL_SAME_FRACTION),
-            ]
-        )
-    }
+    measured = _pair_measures(encoder, train_part, val_part, test, config.seed)
     losses = {key: [float(v) for v in values] for key, values in history.history.items()}
     report = {
         "encoder_file": str(out),
@@ -307,3 +310,36 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
     temporary.replace(report_path)
     logger.info("wrote %s and %s", out, report_path)
     return TrainResult(encoder=encoder, path=out, report_path=report_path, report=report)
+
+
+def _load_parts(config: TrainConfig, rng: np.random.Generator) -> tuple[Dataset, Dataset, Dataset]:
+    """(train part, validation part, test split), cut to the config's sizes."""
+    full = load_dataset(config.data_dir, "train")
+    if config.train_size:
+        full = full.subset(slice(0, config.train_size))
+    test = load_dataset(config.data_dir, "test")
+    if config.test_size:
+        test = test.subset(slice(0, config.test_size))
+    train_part, val_part = split_validation(full, config.val_fraction, rng)
+    return train_part, val_part, test
+
+
+def _pair_measures(
+    encoder: Any, train: Dataset, val: Dataset, test: Dataset, seed: int
+) -> dict[str, dict[str, float | None]]:
+    """Pair accuracy at 0.5 and ROC AUC on article-protocol pairs of each part."""
+    parts = [
+        ("train", train, ARTICLE_TRAIN_SAME_FRACTION),
+        ("val", val, ARTICLE_EVAL_SAME_FRACTION),
+        ("test", test, ARTICLE_EVAL_SAME_FRACTION),
+    ]
+    return {
+        name: pair_metrics(
+            encoders.embed(encoder, part.images),
+            part.labels,
+            np.random.default_rng(seed + offset),
+            ARTICLE_THRESHOLD,
+            same_fraction=fraction,
+        )
+        for offset, (name, part, fraction) in enumerate(parts)
+    }

@@ -98,3 +98,11 @@ def brute_force(stored: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     distances = np.linalg.norm(queries[:, None, :] - stored[None, :, :], axis=2)
     order = np.argsort(distances, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(distances, order, axis=1), order
+
+
+@pytest.fixture
+def vectors() -> tuple[np.ndarray, np.ndarray]:
+    """(200, 16) stored and (50, 16) query float32 vectors, seeded."""
+    rng = np.random.default_rng(0)
+    stored = rng.normal(size=(200, 16)).astype(np.float32)
+    return stored, rng.normal(size=(50, 16)).astype(np.float32)

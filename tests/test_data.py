@@ -130,7 +130,7 @@ def test_image_conversion_rule(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "red.png")
     assert load_image_file(tmp_path / "red.png")[0, 0] == 76
     Image.fromarray(np.full((56, 40), 200, np.uint8)).save(tmp_path / "big.png")
-    with pytest.raises(DataError, match="is 40x56; expected 28x28. Pass --resize"):
+    with pytest.raises(DataError, match="is 40x56; expected 28x28. Pass --prepare mnist"):
         load_image_file(tmp_path / "big.png")
     resized = load_image_file(tmp_path / "big.png", resize=True)
     assert resized.shape == (28, 28) and resized[10, 10] == 200

@@ -9,14 +9,6 @@ from conftest import brute_force
 from siamindex.evaluation import calibrate, retrieval_metrics, true_and_false_claims
 
 
-@pytest.fixture
-def vectors():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(200, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(
-        np.float32
-    )
-
-
 def test_map_at_r_matches_a_loop(vectors):
     base, queries = vectors
     stored_labels = np.random.default_rng(4).integers(0, 3, size=len(base))

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from conftest import brute_force
 
 from siamindex.search import ClassPartition, exact_search
-
-
-@pytest.fixture
-def vectors():
-    rng = np.random.default_rng(0)
-    return rng.normal(size=(200, 16)).astype(np.float32), rng.normal(size=(50, 16)).astype(
-        np.float32
-    )
 
 
 def test_exact_search_matches_numpy(vectors):
