@@ -198,7 +198,8 @@ def _make_store(
         versions=_versions(),
         next_id=len(rows),
     )
-    return IndexStore(index, rows, tuple(datasets[0].class_names), class_thresholds, facts)
+    names = tuple(datasets[0].class_names)
+    return IndexStore(index, rows, names, class_thresholds, facts, calibration.probability)
 
 
 def dataset_fingerprint(hashes: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:

@@ -705,7 +705,20 @@ def query(
     _print_query(results, output_format)
 
 
-QUERY_CSV_HEADER = ["query", "predicted", "rank", "id", "class", "split", "distance"]
+QUERY_CSV_HEADER = [
+    "query",
+    "predicted",
+    "probability",
+    "rank",
+    "id",
+    "class",
+    "split",
+    "distance",
+]
+
+
+def _probability(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _print_query(results: Sequence[Any], output_format: str) -> None:
@@ -719,6 +732,7 @@ def _print_query(results: Sequence[Any], output_format: str) -> None:
         [
             r.query,
             r.predicted or "no match",
+            _probability(r.probability),
             m.rank,
             m.id,
             m.class_name,
@@ -736,7 +750,8 @@ def _print_query(results: Sequence[Any], output_format: str) -> None:
     click.echo(
         f"\n{len(results)} quer{'y' if len(results) == 1 else 'ies'}; "
         f"threshold {threshold:.4f} (Euclidean). The nearest match's class is predicted when the "
-        "membership claim for it holds (see `siamindex check`); otherwise 'no match'."
+        "membership claim for it holds (see `siamindex check`); otherwise 'no match'. probability: "
+        "calibrated chance that the query belongs to its nearest match's class."
     )
 
 
@@ -824,6 +839,7 @@ CHECK_CSV_HEADER = [
     "threshold_kind",
     "nearest_id",
     "true_class",
+    "probability",
 ]
 
 
@@ -844,6 +860,7 @@ def _print_check(results: Sequence[Any], summary: Any, output_format: str) -> No
             r.threshold_kind,
             r.nearest_id,
             r.true_class or "",
+            _probability(r.probability),
         ]
         for r in results
     ]

@@ -78,6 +78,9 @@ class Calibration:
         per_class: class index -> that class's own threshold.
         method: how it was calibrated, in words.
         claims: how many claims it was fitted on.
+        probability: (2, m) float64 breakpoints (distances, probabilities) of the isotonic fit
+            of "the claim is true" against the support distance; see
+            ``metrics.membership_probability``.
     """
 
     threshold: float
@@ -85,6 +88,7 @@ class Calibration:
     per_class: dict[int, float]
     method: str
     claims: int
+    probability: np.ndarray
 
 
 def calibrate(
@@ -141,7 +145,18 @@ def calibrate(
         method=f"leave-one-out over {len(rows)} stored rows, true and wrong class each; "
         f"distance to the {_ordinal(support)} nearest member; {rule}",
         claims=int(len(distances)),
+        probability=fit_probability(distances, truth),
     )
+
+
+def fit_probability(distances: np.ndarray, is_member: np.ndarray) -> np.ndarray:
+    """Isotonic regression (scikit-learn) of claim truth on support distance, the probability
+    falling as the distance grows: its (2, m) breakpoints (distances, probabilities)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    fit = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    fit.fit(np.asarray(distances, np.float64), np.asarray(is_member, np.float64))
+    return np.stack([fit.X_thresholds_, fit.y_thresholds_]).astype(np.float64)
 
 
 def _ordinal(n: int) -> str:

@@ -123,3 +123,26 @@ def map_at_r(neighbour_labels: np.ndarray, query_labels: np.ndarray, r: np.ndarr
     relevant &= within
     precision = np.cumsum(relevant, axis=1) / ranks[None, :]
     return float(np.mean(np.sum(precision * relevant, axis=1) / np.asarray(r)))
+
+
+def membership_probability(distances: np.ndarray, curve: np.ndarray) -> np.ndarray:
+    """The calibrated probability that claims at these support distances are true: (n,) float.
+
+    Isotonic regression predicts by linear interpolation between its breakpoints, constant
+    beyond the ends, which is what ``np.interp`` does, so no fitted model needs storing.
+    """
+    return np.asarray(np.interp(np.asarray(distances, np.float64), curve[0], curve[1]))
+
+
+def calibration_error(probabilities: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over equal-width bins of the predicted probability, the
+    gap between the mean probability and the share of true outcomes, weighted by bin size."""
+    probabilities = np.asarray(probabilities, np.float64)
+    truth = np.asarray(truth, np.float64)
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(probabilities[which == b].mean() - truth[which == b].mean()) * np.mean(which == b)
+            for b in np.unique(which)
+        )
+    )

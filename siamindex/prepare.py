@@ -3,10 +3,10 @@
 ``prepare(gray, "mnist")`` takes an (h, w) grayscale image of any size and either polarity and
 returns a (28, 28) uint8 image laid out as MNIST's digits are: light ink on black, the ink's
 bounding box scaled (aspect kept, anti-aliased) so that its longer side is 20 pixels, centred by
-its centre of mass (at pixel 14, 14, as MNIST's). The background level is estimated from the image's border and removed, and
-specks far smaller than the drawing are dropped, so that a photo of a page works as well as a
-clean drawing. ``"auto"`` does this to anything that is not already a 28x28 light-on-dark image;
-``"none"`` only checks the size.
+its centre of mass (at pixel 14, 14, as MNIST's). The background level is estimated from the
+image's border and removed, and specks far smaller than the drawing are dropped, so that a photo
+of a page works as well as a clean drawing. ``"auto"`` does this to anything that is not already
+a 28x28 light-on-dark image; ``"none"`` only checks the size.
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ class QueryResult:
 
     ``predicted`` is the class of the nearest match, or None ("no match") when even the nearest
     is farther than ``threshold``: the query looks like nothing stored (open set).
+    ``probability`` is the calibrated probability that the query belongs to the nearest match's
+    class (None for indexes built before it was calibrated).
     """
 
     query: str
@@ -59,6 +61,7 @@ class QueryResult:
     distance: float
     threshold: float
     matches: list[Match]
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class MembershipResult:
     ``distance`` and ``nearest_id`` are of the nearest stored member of the class;
     ``support_distance`` is the distance to its ``support``-th nearest member, and the claim holds
     (``is_member``) when that is within ``threshold``: at least ``support`` members are that near.
+    ``probability`` is the calibrated probability that the claim is true, fitted at build time
+    on claims about stored images (None for indexes built before it).
     """
 
     query: str
@@ -80,6 +85,7 @@ class MembershipResult:
     support_distance: float
     support: int
     true_class: str | None = None
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,7 @@ def nearest(
     threshold = store.facts.threshold
     first = np.where(found[:, 0], store.rows.labels[np.maximum(rows[:, 0], 0)], 0)
     _, _, support_distances = partition.nearest(vectors, first, support=store.facts.support)
+    chances = _probabilities(store, support_distances)
     results = []
     for q, name in enumerate(names):
         matches = [
@@ -137,6 +144,7 @@ def nearest(
             if found[q, rank]
         ]
         close = bool(matches) and support_distances[q] <= threshold
+        probability = None if chances is None else float(chances[q])
         results.append(
             QueryResult(
                 query=name,
@@ -144,6 +152,7 @@ def nearest(
                 distance=matches[0].distance if matches else float("inf"),
                 threshold=threshold,
                 matches=matches,
+                probability=probability if matches else None,
             )
         )
     return results
@@ -182,6 +191,7 @@ def check_membership(
         kinds[calibrated] = "per-class"
     ids = np.where(rows >= 0, store.rows.ids[np.maximum(rows, 0)], -1)
     names_of = store.class_names
+    chances = _probabilities(store, support_distances)
     return [
         MembershipResult(
             query=names[i],
@@ -196,9 +206,16 @@ def check_membership(
             true_class=None
             if true_labels is None or true_labels[i] < 0
             else names_of[true_labels[i]],
+            probability=None if chances is None else float(chances[i]),
         )
         for i in range(len(classes))
     ]
+
+
+def _probabilities(store: IndexStore, support_distances: np.ndarray) -> np.ndarray | None:
+    if store.probability is None:
+        return None
+    return metrics.membership_probability(support_distances, store.probability)
 
 
 def membership_summary(results: Sequence[MembershipResult]) -> dict[str, object] | None:

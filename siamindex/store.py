@@ -157,6 +157,8 @@ class IndexStore:
         class_names: name of each class (a row's label is a position in it).
         class_thresholds: (num_classes,) float64 per-class thresholds (NaN: none calibrated).
         facts: everything else the index records about itself.
+        probability: (2, m) float64 breakpoints of the calibrated membership probability
+            (``evaluation.membership_probability``); None in bundles built before it.
         manifest: the bundle's verified manifest, when read from disk.
     """
 
@@ -165,6 +167,7 @@ class IndexStore:
     class_names: tuple[str, ...]
     class_thresholds: np.ndarray
     facts: IndexFacts
+    probability: np.ndarray | None = None
     manifest: dict[str, Any] | None = None
 
     @property
@@ -271,6 +274,8 @@ class IndexStore:
             handle.create_dataset("embeddings", data=self.rows.embeddings, dtype=np.float32)
             handle.create_dataset("class_names", data=list(self.class_names), dtype=strings)
             handle.create_dataset("class_thresholds", data=self.class_thresholds)
+            if self.probability is not None:
+                handle.create_dataset("membership_probability", data=self.probability)
             attrs = replace(self.facts, format_version=FORMAT_VERSION).to_attrs()
             for key, value in {**attrs, "count": len(self.rows)}.items():
                 handle.attrs[key] = value
@@ -287,7 +292,7 @@ class IndexStore:
         """
         import faiss
 
-        rows, class_names, thresholds, facts = _read_metadata(folder / METADATA_FILE)
+        rows, class_names, thresholds, facts, probability = _read_metadata(folder / METADATA_FILE)
         if facts.format_version not in KNOWN_FORMAT_VERSIONS:
             raise IncompatibleIndex(
                 f"Index '{folder}' has format version {facts.format_version}; this siamindex "
@@ -311,10 +316,12 @@ class IndexStore:
                 f"embeddings {rows.embeddings.shape[1]}-d); rebuild it with its encoder: "
                 "`siamindex build-index --encoder PATH --force`."
             )
-        return cls(index, rows, class_names, thresholds, facts, manifest)
+        return cls(index, rows, class_names, thresholds, facts, probability, manifest)
 
 
-def _read_metadata(path: Path) -> tuple[Rows, tuple[str, ...], np.ndarray, IndexFacts]:
+def _read_metadata(
+    path: Path,
+) -> tuple[Rows, tuple[str, ...], np.ndarray, IndexFacts, np.ndarray | None]:
     import h5py
 
     try:
@@ -339,9 +346,14 @@ def _read_metadata(path: Path) -> tuple[Rows, tuple[str, ...], np.ndarray, Index
                 if "class_thresholds" in handle
                 else np.full(len(class_names), np.nan)
             )
+            probability = (
+                handle["membership_probability"][()].astype(np.float64)
+                if "membership_probability" in handle
+                else None
+            )
         facts = IndexFacts.from_attrs(attrs)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise IncompatibleIndex(
             f"Metadata '{path}' is unreadable or incomplete ({str(exc)[:120]}); rebuild the index."
         ) from None
-    return rows, class_names, thresholds, facts
+    return rows, class_names, thresholds, facts, probability

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from siamindex.cli import cli
+from siamindex.cli import CHECK_CSV_HEADER, cli
 
 TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 
@@ -393,8 +393,13 @@ def test_check_cli_with_claims_and_summary(index, tmp_path):
     assert summary["claims"] == 4
     assert summary["true_positive"] + summary["false_negative"] == 2  # two true claims
     assert set(summary["per_class"]) == {"1", "3", "7"}
-    rows = list(csv.DictReader(io.StringIO(runner.invoke(cli, [*base, "--format", "csv"]).output)))
+    output = runner.invoke(cli, [*base, "--format", "csv"]).output
+    assert output.splitlines()[0] == ",".join(CHECK_CSV_HEADER)
+    rows = list(csv.DictReader(io.StringIO(output)))
     assert [r["member"] for r in rows] == [str(r["is_member"]).lower() for r in data["results"]]
+    assert [float(r["probability"]) for r in rows] == [
+        pytest.approx(r["probability"], abs=1e-4) for r in data["results"]
+    ]
     table = runner.invoke(cli, base).output
     assert "confusion:" in table and "4 claims" in table
 

@@ -48,3 +48,28 @@ def test_calibration_separates_well_separated_classes():
     # Same-class neighbours lie ~0.4 apart, other classes >= the smallest gap between centres.
     assert 0.3 < result.threshold < gaps[gaps > 0].min()
     assert set(result.per_class) == set(range(5))
+
+
+def test_probability_fit_is_calibrated_and_falls_with_distance():
+    from siamindex.evaluation import fit_probability
+    from siamindex.metrics import membership_probability
+
+    rng = np.random.default_rng(0)
+    distances = rng.uniform(0, 1, 20_000)
+    truth = rng.random(20_000) < 1 / (1 + np.exp((distances - 0.5) * 12))  # known P(true | d)
+    curve = fit_probability(distances, truth)
+    assert curve.shape[0] == 2 and np.all(np.diff(curve[1]) <= 0) and np.all(np.diff(curve[0]) >= 0)
+    grid = np.linspace(0.05, 0.95, 19)
+    want = 1 / (1 + np.exp((grid - 0.5) * 12))
+    assert np.max(np.abs(membership_probability(grid, curve) - want)) < 0.08
+    # Beyond the fitted range it is constant (isotonic regression's "clip").
+    ends = membership_probability(np.array([-5.0, 50.0]), curve)
+    np.testing.assert_allclose(ends, [curve[1, 0], curve[1, -1]])
+
+
+def test_calibration_carries_the_probability_curve():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 40)
+    vectors = (rng.normal(size=(5, 8))[labels] * 3 + rng.normal(size=(200, 8))).astype(np.float32)
+    result = calibrate(vectors, labels, np.random.default_rng(1), sample=200)
+    assert result.probability.shape[0] == 2 and result.probability[1].max() <= 1.0

@@ -250,3 +250,36 @@ def test_build_killed_part_way_leaves_the_previous_index_usable(tmp_path, small_
     # A later writer cleans up whatever the killed ones left, and never opens it.
     Index.open(tmp_path / "idx").remove([0])
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+
+
+def test_probabilities_are_calibrated_on_claims_the_index_never_saw(fake_index, mnist_test):
+    # The fake index stores the small split; these test images are not in it.
+    images, labels = mnist_test.images[3000:4000], mnist_test.labels[3000:4000]
+    wrong = (labels + np.random.default_rng(0).integers(1, 10, len(labels))) % 10
+    claimed = np.concatenate([labels, wrong]).astype(str)
+    results = fake_index.check(np.concatenate([images, images]), list(claimed))
+    chance = np.array([r.probability for r in results])
+    truth = np.concatenate([np.ones(len(labels), bool), np.zeros(len(labels), bool)])
+    assert np.all((chance >= 0) & (chance <= 1))
+    support = np.array([r.support_distance for r in results])
+    order = np.argsort(support)
+    assert np.all(np.diff(chance[order]) <= 1e-12)  # farther never more likely
+    # Calibrated: in each tenth of the probability range, the share of true claims matches the
+    # mean probability (expected calibration error 0.03 here), and it beats the base rate.
+    from siamindex.metrics import calibration_error
+
+    assert calibration_error(chance, truth) <= 0.08
+    assert np.mean((chance - truth) ** 2) < np.mean((truth.mean() - truth) ** 2) - 0.02
+    sure = chance >= 0.9
+    assert sure.sum() >= 30 and truth[sure].mean() >= 0.85
+    # query reports the same probability for its nearest match's class.
+    answer = fake_index.query(images[:1], k=1)[0]
+    claim = fake_index.check(images[:1], [answer.matches[0].class_name])[0]
+    assert answer.probability == pytest.approx(claim.probability)
+
+
+def test_a_0_1_0_bundle_has_no_probability(tmp_path, mnist_test):
+    shutil.copytree(OLD_BUNDLE, tmp_path / "old")
+    index = Index.open(tmp_path / "old")
+    assert index.store.probability is None
+    assert index.check(mnist_test.images[:1], ["7"])[0].probability is None

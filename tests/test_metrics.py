@@ -49,3 +49,12 @@ def test_max_accuracy_threshold_matches_a_scan():
     scan = max(metrics.pair_accuracy(distances, same, t) for t in np.linspace(0, 2, 4001))
     assert accuracy == pytest.approx(metrics.pair_accuracy(distances, same, threshold))
     assert accuracy >= scan - 1e-12
+
+
+def test_calibration_error_by_hand():
+    probabilities = np.array([0.05, 0.05, 0.95, 0.95, 0.55, 0.55])
+    truth = np.array([0, 0, 1, 0, 1, 1])
+    # bins: [0.0-0.1) gap 0.05 (2/6); [0.9-1.0] gap 0.45 (2/6); [0.5-0.6) gap 0.45 (2/6)
+    assert metrics.calibration_error(probabilities, truth) == pytest.approx(
+        (0.05 + 0.45 + 0.45) / 3
+    )

@@ -122,11 +122,15 @@ def test_write_then_read_round_trip(tmp_path, clustered):
     vectors, labels = clustered
     store = make_store(vectors[:200], labels[:200])
     store = replace(store, facts=replace(store.facts, support=5, target_precision=0.9))
+    store.write(tmp_path)
+    assert IndexStore.read(tmp_path).probability is None  # none calibrated: none stored
+    store = replace(store, probability=np.array([[0.1, 0.5, 0.9], [1.0, 0.4, 0.0]]))
     store.class_thresholds[3] = 0.25
     store.write(tmp_path)
     again = IndexStore.read(tmp_path)
     assert again.facts == replace(store.facts, format_version=1)
     assert again.class_names == store.class_names
+    np.testing.assert_array_equal(again.probability, store.probability)
     np.testing.assert_array_equal(again.class_thresholds, store.class_thresholds)
     for name in ("ids", "labels", "split", "source_index", "image_sha256", "embeddings"):
         np.testing.assert_array_equal(getattr(again.rows, name), getattr(store.rows, name))

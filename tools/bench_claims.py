@@ -25,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import blas_kernels, markdown_table, median_seconds
+from sklearn.metrics import brier_score_loss
 
 from siamindex.build import BuildSettings, build_index
 from siamindex.data import load_dataset
 from siamindex.evaluation import true_and_false_claims
+from siamindex.metrics import calibration_error
 from siamindex.query import check_membership, membership_summary
 
 
@@ -141,6 +143,8 @@ def main() -> None:
         cli = float(np.median(cli_times))
 
     n = len(groups)
+    chance = np.array([r.probability for r in results])
+    truth_of = np.array([r.class_name == r.true_class for r in results])
     print(
         f"index: MNIST train split ({len(store.rows)} images, {store.embedding_dim}-d, flat); "
         f"queries: the 10,000 test images; threshold {store.facts.threshold:.4f} (Euclidean)"
@@ -162,6 +166,15 @@ def main() -> None:
                     f"{per_class_summary['accuracy']:.4f}",
                 ),
                 ("membership F1, per-class thresholds", f"{per_class_summary['f1']:.4f}"),
+                (
+                    "membership probability: calibration error (10 bins)",
+                    f"{calibration_error(chance, truth_of):.4f}",
+                ),
+                (
+                    "membership probability: Brier score (base rate alone)",
+                    f"{brier_score_loss(truth_of, chance):.4f} "
+                    f"({brier_score_loss(truth_of, np.full(n, truth_of.mean())):.4f})",
+                ),
                 (
                     "confusion (TP/FP/FN/TN), global",
                     f"{summary['true_positive']}/{summary['false_positive']}/"
