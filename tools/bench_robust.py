@@ -30,9 +30,12 @@ from benchlib import markdown_table
 from siamindex.build import BuildSettings, build_index
 from siamindex.corruptions import CORRUPTIONS, corrupt
 from siamindex.data import load_dataset
+from siamindex.defaults import PREPARE_MODES
+from siamindex.errors import DataError
 from siamindex.evaluation import raw_pixels, true_and_false_claims
 from siamindex.index import Index
 from siamindex.outliers import OUTLIER_SETS, outliers
+from siamindex.prepare import prepare
 from siamindex.query import membership_summary
 
 
@@ -60,6 +63,19 @@ def rejection_measures(index: Index, images: np.ndarray, seed: int) -> dict:
     return {"no_match": float(no_match), "accepted": float(np.mean([r.is_member for r in checks]))}
 
 
+def prepared(images: np.ndarray, mode: str) -> np.ndarray:
+    """Images through ``prepare`` (an image with no ink left stays as it was)."""
+    if mode == "none":
+        return images
+    out = []
+    for image in images:
+        try:
+            out.append(prepare(image, mode))
+        except DataError:  # blank: the CLI would refuse it; measure it as given
+            out.append(image)
+    return np.stack(out)
+
+
 def build(folder: Path, name: str, encoder: Path, embed=None) -> Index:  # type: ignore[no-untyped-def]
     settings = BuildSettings(
         encoder=encoder, index=folder / name, splits=("train",), progress=False
@@ -75,6 +91,12 @@ def main() -> None:
     parser.add_argument("--outliers", type=int, default=1000, help="images per non-digit set")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("models/bench/bench_robust.json"))
+    parser.add_argument(
+        "--prepare",
+        choices=PREPARE_MODES,
+        default="none",
+        help="pass every image through --prepare first (as the CLI does with IMAGE files)",
+    )
     args = parser.parse_args()
     test = load_dataset(split="test").subset(slice(0, args.limit))
     started = time.perf_counter()
@@ -88,6 +110,7 @@ def main() -> None:
         digits = {"clean": test.images} | {
             name: corrupt(test.images, name, args.seed) for name in CORRUPTIONS
         }
+        digits = {name: prepared(images, args.prepare) for name, images in digits.items()}
         shifted = {
             name: {
                 rep: digits_measures(ix, images, test.labels, args.seed)
@@ -97,7 +120,9 @@ def main() -> None:
         }
         rejected = {
             name: {
-                rep: rejection_measures(ix, outliers(name, args.outliers, args.seed), args.seed)
+                rep: rejection_measures(
+                    ix, prepared(outliers(name, args.outliers, args.seed), args.prepare), args.seed
+                )
                 for rep, ix in indexes.items()
             }
             for name in OUTLIER_SETS
@@ -154,7 +179,8 @@ def report(shifted: dict, rejected: dict, args: argparse.Namespace, seconds: flo
     clean = shifted["clean"]
     return (
         f"{args.limit} test images per row against the 60,000 train images; "
-        f"{args.outliers} images per non-digit set; seed {args.seed}; {seconds:.0f} s\n\n"
+        f"{args.outliers} images per non-digit set; seed {args.seed}; --prepare {args.prepare}; "
+        f"{seconds:.0f} s\n\n"
         + markdown_table(header, rows)
         + "\n\n"
         + markdown_table(ood_header, ood_rows)
