@@ -60,12 +60,24 @@ def _border(gray: np.ndarray) -> np.ndarray:
     )
 
 
+def _dark_ink(x: np.ndarray, background: float) -> bool:
+    """Whether the ink is darker than the paper: the image reaches farther below its background
+    than above it (robust extremes, so a few specks do not decide). On a gray background, as
+    a brightened scan has, only this tells light ink from dark."""
+    below = background - float(np.percentile(x, 0.5))
+    above = float(np.percentile(x, 99.5)) - background
+    if below == above:  # nothing either way (e.g. a flat image): the paper's level decides
+        return background >= 128
+    return below > above
+
+
 def ink_of(gray: np.ndarray) -> np.ndarray:
     """The ink as light on black, background removed and specks dropped: (h, w) uint8.
 
-    The background is the border's median; dark ink on light paper is inverted. Pixels count as
-    ink above the border's noise (4 robust standard deviations) and a quarter of the ink's
-    strength; components under 5% of the largest one's size are dropped as specks.
+    The background is the border's median; ink darker than it (dark ink on light paper) is
+    inverted. Pixels count as ink above the border's noise (4 robust standard deviations) and
+    a quarter of the ink's strength; components under 5% of the largest one's size are dropped
+    as specks.
 
     Raises:
         DataError: nothing stands out from the background.
@@ -75,7 +87,7 @@ def ink_of(gray: np.ndarray) -> np.ndarray:
     x = gray.astype(np.float64)
     border = _border(gray).astype(np.float64)
     background = float(np.median(border))
-    if background >= 128:  # dark ink on light paper
+    if _dark_ink(x, background):
         x, border, background = 255 - x, 255 - border, 255 - background
     ink = np.clip(x - background, 0, None)
     noise = 1.4826 * float(np.median(np.abs(border - background)))

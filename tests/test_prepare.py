@@ -114,3 +114,16 @@ def test_arrays_are_prepared_too(mnist_test, tmp_path):
         assert_mnist_layout(image)
     untouched = load_images([str(tmp_path / "inverted.npy")], prepare="none")
     np.testing.assert_array_equal(untouched.pixels, 255 - mnist_test.images[:3])
+
+
+def test_light_ink_on_gray_stays_light(mnist_test):
+    # A brightened scan: gray paper (128) under white ink. The paper's level alone would call
+    # it dark ink on light paper and invert it.
+    digit = mnist_test.images[0]
+    bright = np.clip(digit.astype(int) + 128, 0, 255).astype(np.uint8)
+    laid_out = prepare(bright, "mnist")
+    assert_mnist_layout(laid_out)
+    assert np.corrcoef(laid_out.ravel(), digit.ravel())[0, 1] > 0.8
+    # And dark ink on gray paper is inverted.
+    dark = np.clip(200 - digit.astype(int), 0, 255).astype(np.uint8)
+    assert np.corrcoef(prepare(dark, "mnist").ravel(), digit.ravel())[0, 1] > 0.8
