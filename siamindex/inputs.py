@@ -32,7 +32,7 @@ from siamindex.data import (
     read_idx,
 )
 from siamindex.errors import DataError, OldSpelling
-from siamindex.prepare import PREPARE_MODES, prepare
+from siamindex.prepare import check_mode, prepare
 
 _DATASET_ITEM = re.compile(r"^mnist:(?P<split>\w+)(?::(?P<start>\d+)(?:-(?P<end>\d+))?)?$")
 _NPY_ROW = re.compile(r"^(?P<path>.+\.npy):(?P<row>\d+)$", re.IGNORECASE)
@@ -134,9 +134,7 @@ def _dataset_item(spec: str, match: re.Match[str]) -> tuple[np.ndarray, list[str
 
 def _layout(resize: bool, prepare: str) -> str:
     """One word for how images become 28x28: "resize" (the --resize flag) or a prepare mode."""
-    if prepare not in PREPARE_MODES:
-        raise DataError(f"Unknown --prepare mode '{prepare}'; use {', '.join(PREPARE_MODES)}.")
-    return "resize" if resize else prepare
+    return "resize" if resize else check_mode(prepare)
 
 
 def _prepared(pixels: np.ndarray, layout: str, spec: str) -> np.ndarray:

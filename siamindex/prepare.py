@@ -16,7 +16,7 @@ import numpy as np
 from siamindex.defaults import PREPARE_MODES
 from siamindex.errors import DataError
 
-__all__ = ["PREPARE_MODES", "prepare", "is_mnist_like", "ink_of", "mnist_layout"]
+__all__ = ["PREPARE_MODES", "check_mode", "prepare", "is_mnist_like", "ink_of", "mnist_layout"]
 BOX = 20  # MNIST: the longer side of the ink's bounding box, in pixels
 SIZE = 28
 MASS_AT = 14  # MNIST: the pixel the centre of mass is moved to
@@ -31,8 +31,7 @@ def prepare(gray: np.ndarray, mode: str = "auto") -> np.ndarray:
             "auto", an image with no ink distinct from its background.
     """
     gray = np.asarray(gray, np.uint8)
-    if mode not in PREPARE_MODES:
-        raise DataError(f"Unknown --prepare mode '{mode}'; use {', '.join(PREPARE_MODES)}.")
+    check_mode(mode)
     if mode == "none" or (mode == "auto" and is_mnist_like(gray)):
         if gray.shape != (SIZE, SIZE):
             raise DataError(
@@ -41,6 +40,17 @@ def prepare(gray: np.ndarray, mode: str = "auto") -> np.ndarray:
             )
         return gray
     return mnist_layout(ink_of(gray))
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` itself, if it is a ``--prepare`` mode.
+
+    Raises:
+        DataError: it is not.
+    """
+    if mode not in PREPARE_MODES:
+        raise DataError(f"Unknown --prepare mode '{mode}'; use {', '.join(PREPARE_MODES)}.")
+    return mode
 
 
 def is_mnist_like(gray: np.ndarray) -> bool:
