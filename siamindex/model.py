@@ -57,6 +57,7 @@ from siamindex.defaults import (  # noqa: E402
 )
 
 Embedder = Callable[[np.ndarray], np.ndarray]
+OUTLIER = -1  # the training label of a non-digit (outlier exposure)
 
 
 @keras.saving.register_keras_serializable(package="siamindex")
@@ -96,13 +97,15 @@ def in_batch_contrastive(
     """Contrastive loss over every pair of distinct rows of a batch (see InBatchContrastiveLoss).
 
     Args:
-        labels: (b,) class labels.
+        labels: (b,) class labels; ``OUTLIER`` (-1) marks a non-digit, which is pushed beyond
+            the margin from every image of a class and paired with no other non-digit.
         embeddings: (b, d) embeddings.
         margin: the contrastive margin.
         active_negatives: average the different-class term over the pairs still inside the
             margin (the training objective) rather than over all of them (a plain measure).
     """
     labels = ops.reshape(labels, (-1,))
+    known = ops.cast(labels >= 0, embeddings.dtype)  # OUTLIER rows are no class
     squared_norms = ops.sum(ops.square(embeddings), axis=1)
     squared = (
         squared_norms[:, None]
@@ -113,7 +116,10 @@ def in_batch_contrastive(
     batch = ops.shape(labels)[0]
     off_diagonal = 1.0 - ops.eye(batch, dtype=embeddings.dtype)
     same = ops.cast(ops.equal(labels[:, None], labels[None, :]), embeddings.dtype) * off_diagonal
-    different = (1.0 - same) * off_diagonal
+    same = same * known[:, None]
+    # Two outliers are neither alike nor pushed apart; an outlier and a digit are different.
+    either = 1.0 - (1.0 - known[:, None]) * (1.0 - known[None, :])
+    different = (1.0 - same) * off_diagonal * either
     positive = ops.sum(same * ops.square(distance)) / ops.maximum(ops.sum(same), 1.0)
     hinge = different * ops.square(ops.maximum(margin - distance, 0.0))
     counted = ops.cast(hinge > 0, embeddings.dtype) if active_negatives else different
@@ -155,6 +161,36 @@ def plain_in_batch_contrastive(margin: float) -> keras.metrics.Metric:
         return in_batch_contrastive(y_true, y_pred, margin, active_negatives=False)
 
     return keras.metrics.MeanMetricWrapper(measure, name="contrastive")
+
+
+@keras.saving.register_keras_serializable(package="siamindex")
+class InkLevels(layers.Layer):  # type: ignore[misc]
+    """The ink alone, at full contrast: (n, 28, 28, 1) pixel values in 0..255 to 0..1.
+
+    The paper is estimated by a grey opening with a ``window`` square (any stroke narrower
+    than the window vanishes from it) and subtracted (a white top-hat), so a grey, uneven or
+    foggy background leaves the strokes; then each image is divided by its brightest ink (at
+    least ``floor``, so a faint speck is not stretched into a stroke). On MNIST's own digits,
+    black paper with ink up to 255, it changes almost nothing.
+    """
+
+    def __init__(self, window: int = 7, floor: float = 64.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.window = int(window)
+        self.floor = float(floor)
+
+    def call(self, images: Any) -> Any:
+        eroded = -ops.max_pool(-images, self.window, strides=1, padding="same")
+        paper = ops.max_pool(eroded, self.window, strides=1, padding="same")
+        ink = ops.relu(images - paper)
+        peak = ops.max(ink, axis=(1, 2, 3), keepdims=True)
+        return ink / ops.maximum(peak, self.floor)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "window": self.window, "floor": self.floor}
 
 
 def _article_mlp(embedding_dim: int) -> list[layers.Layer]:
@@ -209,7 +245,10 @@ def build_encoder(
         )
     embedding_dim = embedding_dim or DEFAULT_EMBEDDING_DIM[name]
     inputs = keras.Input(shape=(28, 28, 1), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if name == "article-mlp":  # the article's input: pixels / 255
+        x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    else:
+        x = InkLevels(name="ink_levels")(inputs)
     for layer in (_article_mlp if name == "article-mlp" else _cnn)(embedding_dim):
         x = layer(x)
     return keras.Model(inputs, x, name=f"encoder_{name.replace('-', '_')}")

@@ -33,6 +33,8 @@ ARTICLE_EPOCHS = 20
 DEFAULT_EPOCHS = 8
 ARTICLE_LEARNING_RATE = 1e-3  # RMSprop, as in the article
 DEFAULT_LEARNING_RATE = 2e-3  # Adam with cosine decay
+DEFAULT_OUTLIER_SHARE = 0.2  # of each training batch: non-digits (outlier exposure)
+EXPOSURE_IMAGES = 10_000  # distinct training non-digits, augmented afresh every epoch
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class TrainConfig:
     train_size: int | None = None
     test_size: int | None = None
     align_threshold: bool = True
+    augment: bool | None = None
+    outlier_share: float | None = None
 
     def resolved(self) -> TrainConfig:
         """The same settings with every default filled in, and validated."""
@@ -68,6 +72,20 @@ class TrainConfig:
         epochs = self.epochs or (ARTICLE_EPOCHS if article else DEFAULT_EPOCHS)
         if epochs < 1 or self.batch_size < 2 or self.margin <= 0 or not 0 < self.val_fraction < 1:
             raise ValueError("epochs >= 1, batch_size >= 2, margin > 0 and 0 < val_fraction < 1")
+        robust = sampler == "in-batch"  # the default encoder's recipe (README, "Robustness")
+        augment = robust if self.augment is None else self.augment
+        outlier_share = (
+            (DEFAULT_OUTLIER_SHARE if robust else 0.0)
+            if self.outlier_share is None
+            else self.outlier_share
+        )
+        if not 0 <= outlier_share < 0.5:
+            raise ValueError(f"outlier share must be in [0, 0.5), got {outlier_share}")
+        if (augment or outlier_share) and sampler != "in-batch":
+            raise ValueError(
+                "augmentation and outlier exposure train with --sampler in-batch only; "
+                "add --no-augment --outlier-share 0 to train with drawn pairs"
+            )
         return TrainConfig(
             **{
                 **asdict(self),
@@ -77,6 +95,8 @@ class TrainConfig:
                 "learning_rate": self.learning_rate
                 or (ARTICLE_LEARNING_RATE if article else DEFAULT_LEARNING_RATE),
                 "embedding_dim": self.embedding_dim or DEFAULT_EMBEDDING_DIM[architecture],
+                "augment": augment,
+                "outlier_share": outlier_share,
             }
         )
 
@@ -153,18 +173,60 @@ def _fit(
     progress: bool,
 ) -> Any:
     net, loss, metrics, (x, y), validation = _training_task(config, encoder, train, val, rng)
-    steps_per_epoch = int(np.ceil(len(y) / config.batch_size))
+    if config.augment or config.outlier_share:
+        data, steps_per_epoch = _robust_batches(config, x, y)
+        fit_data: dict[str, Any] = {"x": data, "steps_per_epoch": steps_per_epoch, "shuffle": False}
+    else:
+        steps_per_epoch = int(np.ceil(len(y) / config.batch_size))
+        fit_data = {"x": x, "y": y, "batch_size": config.batch_size, "shuffle": True}
     net.compile(optimizer=_optimizer(config, steps_per_epoch), loss=loss, metrics=metrics)
     return net.fit(
-        x,
-        y,
-        batch_size=config.batch_size,
+        **fit_data,
         epochs=config.epochs,
         validation_data=validation,
-        shuffle=True,
         callbacks=_callbacks(config, steps_per_epoch, progress),
         verbose=0,
     )
+
+
+def _robust_batches(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[Any, int]:
+    """Endless training batches of digits and non-digits (labelled ``OUTLIER``), augmented
+    afresh each time, as a ``tf.data`` pipeline; and the steps of one epoch (every digit once).
+    """
+    import tensorflow as tf
+
+    from siamindex.augment import augmenter
+    from siamindex.exposure import exposure
+
+    share = float(config.outlier_share or 0.0)
+    per_batch = max(1, int(round(config.batch_size * share))) if share else 0
+    digits_per_batch = config.batch_size - per_batch
+    augment = augmenter(config.seed) if config.augment else None
+
+    def batches_of(images: np.ndarray, labels: np.ndarray, size: int) -> Any:
+        data = (
+            tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+            .shuffle(len(labels), seed=config.seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(size, drop_remainder=True)
+        )
+        if augment is None:
+            return data
+        return data.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+
+    batches = batches_of(x, y, digits_per_batch)
+    if per_batch:
+        # As many as the share asks of one epoch, at most EXPOSURE_IMAGES (augmentation
+        # varies them from epoch to epoch).
+        count = min(EXPOSURE_IMAGES, max(4 * per_batch, int(len(y) * share / (1 - share))))
+        others = encoders.as_model_input(exposure(count, seed=config.seed + 1))
+        outliers = batches_of(others, np.full(count, encoders.OUTLIER), per_batch)
+        batches = tf.data.Dataset.zip(batches, outliers).map(
+            lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))
+        )
+    return batches.prefetch(tf.data.AUTOTUNE), len(y) // digits_per_batch
 
 
 def _training_task(

@@ -20,6 +20,8 @@ ALLOWED = {
     "search": set(),
     "corruptions": {"errors"},
     "outliers": {"errors", "prepare"},
+    "exposure": {"outliers", "prepare"},
+    "augment": set(),  # Keras preprocessing layers: imported by training only
     "prepare": {"defaults", "errors"},
     "defaults": {"errors"},
     "facts": {"defaults"},
@@ -27,7 +29,16 @@ ALLOWED = {
     "inputs": {"data", "errors", "prepare"},
     "pairs": {"defaults"},
     "model": {"defaults", "errors"},  # TensorFlow lives here and in training
-    "training": {"data", "defaults", "evaluation", "metrics", "model", "pairs"},
+    "training": {
+        "augment",
+        "data",
+        "defaults",
+        "evaluation",
+        "exposure",
+        "metrics",
+        "model",
+        "pairs",
+    },
     "embedding": {"defaults", "model"},  # model only inside load_embedder
     "evaluation": {"data", "defaults", "metrics", "pairs", "search"},
     "bundle": {"data", "defaults", "errors"},
@@ -41,6 +52,7 @@ ALLOWED = {
         "embedding",
         "errors",
         "evaluation",
+        "exposure",
         "facts",
         "index",
         "store",

@@ -74,6 +74,30 @@ def test_in_batch_loss_matches_a_loop():
     assert got == pytest.approx(expected, rel=1e-4)
 
 
+def test_in_batch_loss_pushes_outliers_from_every_class_and_pairs_none_of_them():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(14, 4)).astype(np.float32) * 0.4
+    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1, 2, 0, -1, -1, -1, -1], np.float32)
+    positive, negative = [], []
+    for i in range(14):
+        for j in range(14):
+            if i == j or labels[i] == labels[j] == model.OUTLIER:
+                continue  # two outliers are no pair
+            d = np.linalg.norm(vectors[i] - vectors[j])
+            if labels[i] == labels[j]:
+                positive.append(d**2)
+            elif d < 1.0:
+                negative.append((1.0 - d) ** 2)
+    expected = 0.5 * (np.mean(positive) + np.mean(negative))
+    got = float(model.InBatchContrastiveLoss(margin=1.0)(labels, vectors))
+    assert got == pytest.approx(expected, rel=1e-4)
+    # Outliers beyond the margin from every digit add nothing, however close to each other.
+    far = vectors.copy()
+    far[10:] = 50.0 + rng.normal(size=(4, 4)) * 0.01  # outliers together, far from digits
+    without = float(model.InBatchContrastiveLoss(1.0)(labels[:10], far[:10]))
+    assert float(model.InBatchContrastiveLoss(1.0)(labels, far)) == pytest.approx(without)
+
+
 def test_siamese_outputs_the_distance_of_the_embeddings(mnist_test):
     encoder = model.build_encoder("cnn", embedding_dim=8)
     siamese = model.build_siamese(encoder)
@@ -128,3 +152,26 @@ def test_non_image_model_is_rejected(tmp_path):
     keras.Model(inputs, keras.layers.Dense(4)(inputs)).save(tmp_path / "other.keras")
     with pytest.raises(EncoderError, match="an encoder must map"):
         model.load_encoder(tmp_path / "other.keras")
+
+
+def test_ink_levels_keep_mnist_digits_and_drop_the_paper(mnist_test):
+    digits = model.as_model_input(mnist_test.images[:50])
+    layer = model.InkLevels()
+    clean = np.asarray(layer(digits))
+    # MNIST's own digits (black paper, ink up to 255) come out as pixels / 255, nearly.
+    assert np.abs(clean - digits / 255.0).mean() < 0.01
+    # A grey or unevenly lit paper under the same ink gives the same ink.
+    ramp = np.linspace(40, 120, 28, dtype=np.float32)[None, None, :, None]
+    for paper in (np.float32(100.0), ramp):
+        lit = np.maximum(digits, paper)
+        assert np.abs(np.asarray(layer(lit)) - clean).mean() < 0.03  # anti-aliasing dims
+    # A faint speck is not stretched into a stroke; blank stays blank.
+    speck = np.zeros((1, 28, 28, 1), np.float32)
+    speck[0, 14, 14] = 20
+    assert np.asarray(layer(speck)).max() == pytest.approx(20 / 64)
+    assert np.asarray(layer(np.zeros_like(speck))).max() == 0
+
+
+def test_cnn_starts_with_ink_levels_and_the_article_with_plain_rescaling():
+    assert model.build_encoder("cnn").layers[1].name == "ink_levels"
+    assert model.build_encoder("article-mlp").layers[1].name == "rescale"

@@ -21,6 +21,8 @@ def test_cnn_training_writes_encoder_and_report(trained_cnn):
     report = json.loads(trained_cnn.report_path.read_text())
     assert report == trained_cnn.report
     assert report["settings"]["sampler"] == "in-batch"
+    # The default recipe: augmented batches with a fifth of generated non-digits.
+    assert report["settings"]["augment"] is True and report["settings"]["outlier_share"] == 0.2
     assert report["settings"]["article_reproduction"] is False
     assert (
         report["epochs_run"] == len(report["history"]["loss"]) == len(report["history"]["val_loss"])
@@ -95,3 +97,36 @@ def test_same_seed_same_pairs_same_start(tmp_path):
     first = train(config, tmp_path / "a.keras", progress=False).report["history"]["loss"]
     second = train(config, tmp_path / "b.keras", progress=False).report["history"]["loss"]
     assert first == pytest.approx(second, rel=1e-3)
+
+
+def test_robust_recipe_is_the_in_batch_default_and_refused_with_drawn_pairs():
+    default = TrainConfig().resolved()
+    assert (default.augment, default.outlier_share) == (True, 0.2)
+    article = TrainConfig(architecture="article-mlp").resolved()
+    assert (article.augment, article.outlier_share) == (False, 0.0)  # the article, as it was
+    plain = TrainConfig(augment=False, outlier_share=0).resolved()
+    assert (plain.augment, plain.outlier_share) == (False, 0.0)
+    with pytest.raises(ValueError, match="in-batch only"):
+        TrainConfig(architecture="article-mlp", augment=True).resolved()
+    with pytest.raises(ValueError, match="outlier share"):
+        TrainConfig(outlier_share=0.7).resolved()
+
+
+def test_outlier_exposure_pushes_non_digits_away(tmp_path, mnist_test):
+    """Two tiny encoders, the same but for outlier exposure: with it, generated non-digits
+    (from a seed training never drew) lie farther from the digits, relative to how far
+    apart the digits themselves lie."""
+    from siamindex.exposure import exposure
+
+    def spread(outlier_share):
+        config = TrainConfig(
+            epochs=2, train_size=3000, test_size=200, augment=False, outlier_share=outlier_share
+        )
+        encoder = train(config, tmp_path / f"{outlier_share}.keras", progress=False).encoder
+        digits = model.embed(encoder, mnist_test.images[:500])
+        others = model.embed(encoder, exposure(300, seed=99))
+        to_digit = np.linalg.norm(others[:, None] - digits[None], axis=2).min(1)
+        digit_gap = np.linalg.norm(digits[:250, None] - digits[None, 250:], axis=2).min(1)
+        return np.median(to_digit) / np.median(digit_gap)
+
+    assert spread(0.25) > 1.15 * spread(0.0)  # 1.26x on this machine
