@@ -22,7 +22,13 @@ import numpy as np
 
 from siamindex import bundle
 from siamindex.data import SPLITS, Dataset, load_dataset, sha256_file
-from siamindex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_INDEX, DEFAULT_SUPPORT
+from siamindex.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_INDEX,
+    DEFAULT_MIN_RECALL,
+    DEFAULT_OPEN_SET,
+    DEFAULT_SUPPORT,
+)
 from siamindex.embedding import Embedder, embed_in_chunks, load_embedder
 from siamindex.errors import DataError, IndexExists
 from siamindex.evaluation import calibrate, calibrate_pairs
@@ -52,6 +58,10 @@ class BuildSettings:
         support: a membership claim holds when this many stored members of the class lie
             within the threshold (1: the nearest member alone decides).
         progress: show progress bars.
+        open_set: how many generated non-digits (``siamindex.exposure``, seeded apart from
+            training's) join the calibration as false claims; None: 2,000 for the bundled
+            MNIST, none for other datasets (whose classes may be letters or shapes).
+        min_recall: the threshold accepts at least this share of true claims (leave-one-out).
     """
 
     encoder: str | Path
@@ -66,6 +76,8 @@ class BuildSettings:
     seed: int = 0
     support: int = DEFAULT_SUPPORT
     progress: bool = True
+    open_set: int | None = None
+    min_recall: float | None = DEFAULT_MIN_RECALL
 
 
 class Phases:
@@ -175,6 +187,8 @@ def _make_store(
             rng,
             target_precision=settings.target_precision,
             support=settings.support,
+            unlike=_open_set_vectors(settings, embed, datasets[0].source),
+            min_recall=settings.min_recall,
         )
         pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
     class_thresholds = np.full(len(datasets[0].class_names), np.nan)
@@ -190,6 +204,9 @@ def _make_store(
         pair_threshold=pair_threshold,
         pair_threshold_accuracy=pair_accuracy,
         target_precision=settings.target_precision,
+        min_recall=settings.min_recall,
+        true_claims_accepted=calibration.true_accepted,
+        open_set_rejected=calibration.unlike_rejected,
         encoder_sha256=sha256_file(settings.encoder),
         dataset_fingerprint=dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),
         source=datasets[0].source,
@@ -200,6 +217,19 @@ def _make_store(
     )
     names = tuple(datasets[0].class_names)
     return IndexStore(index, rows, names, class_thresholds, facts, calibration.probability)
+
+
+def _open_set_vectors(settings: BuildSettings, embed: Embedder, source: str) -> np.ndarray | None:
+    """Embedded non-digits for calibration, or None when the build calibrates without them."""
+    count = settings.open_set
+    if count is None:
+        count = DEFAULT_OPEN_SET if source == "mnist" else 0
+    if count <= 0:
+        return None
+    from siamindex.exposure import exposure
+
+    # Seeded apart from training's non-digits (seed + 1) and from the benchmark's sets.
+    return embed_in_chunks(embed, exposure(count, seed=10_000 + settings.seed), count, False)
 
 
 def dataset_fingerprint(hashes: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:

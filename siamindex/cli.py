@@ -24,6 +24,8 @@ from siamindex.defaults import (
     DEFAULT_ARCHITECTURE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_INDEX,
+    DEFAULT_MIN_RECALL,
+    DEFAULT_OPEN_SET,
     DEFAULT_SUPPORT,
     INDEX_ENV,
     PREPARE_MODES,
@@ -218,6 +220,19 @@ def _one_of(kind: str, choices: Sequence[str]) -> Callable[..., str | None]:
     show_default=True,
     help="Scale the output so the article's 0.5 is the best pair threshold on validation "
     "pairs (never for the article reproduction).",
+)
+@click.option(
+    "--augment/--no-augment",
+    default=None,
+    help="Vary each training batch: pen width, affine, elastic, blur, uneven paper, noise "
+    "(siamindex/augment.py). Default: on with --sampler in-batch.",
+)
+@click.option(
+    "--outlier-share",
+    type=click.FloatRange(0, 0.5, max_open=True),
+    default=None,
+    help="Share of each batch that is generated non-digits, pushed beyond the margin from "
+    "every class (outlier exposure). Default: 0.2 with --sampler in-batch, else 0.",
 )
 @click.option(
     "--val-fraction",
@@ -430,6 +445,21 @@ def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str)
     "threshold (1: the nearest member alone decides).",
 )
 @click.option(
+    "--min-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULT_MIN_RECALL,
+    show_default=True,
+    help="The threshold accepts at least this share of true claims (leave-one-out).",
+)
+@click.option(
+    "--open-set",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Generated non-digits calibrated on as false claims, so that the threshold also "
+    f"rejects what is no class. Default: {DEFAULT_OPEN_SET} for the bundled MNIST, 0 for "
+    "--data.",
+)
+@click.option(
     "--force", is_flag=True, help="Replace an existing index (once the new one is complete)."
 )
 @format_option
@@ -469,6 +499,16 @@ def build_index(
         "build_peak_mb": phases.peak_mb,
     }
     _print_info(facts, output_format)
+
+
+def _acceptance_lines(facts: dict[str, Any]) -> list[str]:
+    """What the calibration accepted and rejected, when the bundle recorded it."""
+    if facts.get("true_claims_accepted") is None:
+        return []
+    line = f"accepts      {facts['true_claims_accepted']:.4f} of calibration true claims"
+    if facts.get("open_set_rejected") is not None:
+        line += f"; rejects {facts['open_set_rejected']:.4f} of calibration non-digits"
+    return [line]
 
 
 def _train_default(scratch: Path, data_dir: str | None, quiet: bool) -> str:
@@ -514,6 +554,7 @@ def _print_info(facts: dict[str, Any], output_format: str) -> None:
         f"index type {facts['index_type']}",
         f"threshold    {_number(facts['threshold'])} ({facts['threshold_method']}); a claim needs "
         f"{facts['support']} member(s) within it",
+        *_acceptance_lines(facts),
         f"pairs        'same' when distance < {_number(facts['pair_threshold'])} (compare)",
         f"encoder      sha256 {facts['encoder_sha256']}",
         f"dataset      sha256 {facts['dataset_fingerprint']}",

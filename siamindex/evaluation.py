@@ -78,6 +78,8 @@ class Calibration:
         per_class: class index -> that class's own threshold.
         method: how it was calibrated, in words.
         claims: how many claims it was fitted on.
+        true_accepted, unlike_rejected: at each claim's class threshold, the share of true
+            claims accepted and of non-digit claims rejected (None without non-digits).
         probability: (2, m) float64 breakpoints (distances, probabilities) of the isotonic fit
             of "the claim is true" against the support distance; see
             ``metrics.membership_probability``.
@@ -89,6 +91,8 @@ class Calibration:
     method: str
     claims: int
     probability: np.ndarray
+    true_accepted: float | None = None
+    unlike_rejected: float | None = None
 
 
 def calibrate(
@@ -99,6 +103,8 @@ def calibrate(
     target_precision: float | None = None,
     partition: ClassPartition | None = None,
     support: int = DEFAULT_SUPPORT,
+    unlike: np.ndarray | None = None,
+    min_recall: float | None = None,
 ) -> Calibration:
     """Calibrate the membership threshold by leave-one-out over the stored set.
 
@@ -106,6 +112,12 @@ def calibrate(
     distance is to the nearest stored member of the class other than the row itself. The
     threshold maximises F1 (or is the largest reaching ``target_precision``), globally and per
     claimed class.
+
+    Args:
+        unlike: vectors of images that belong to no class (non-digits); each is claimed as a
+            random class, a false claim, so the threshold weighs rejecting them too.
+        min_recall: never accept fewer than this share of the true claims: where the rule
+            above would, the threshold is raised to the smallest that does.
 
     Returns:
         The global and per-class thresholds, with how they were found.
@@ -117,15 +129,25 @@ def calibrate(
     _, _, distances = partition.nearest(
         stored[claims.rows], claims.classes, exclude_rows=claims.rows, support=support
     )
+    classes, truth = claims.classes, claims.is_member
+    if unlike is not None and len(unlike):
+        claimed = np.unique(labels)[rng.integers(0, len(np.unique(labels)), len(unlike))]
+        _, _, unlike_distances = partition.nearest(unlike, claimed, support=support)
+        distances = np.concatenate([distances, unlike_distances])
+        classes = np.concatenate([classes, claimed])
+        truth = np.concatenate([truth, np.zeros(len(unlike), bool)])
     usable = np.isfinite(distances)
-    distances, classes, truth = distances[usable], claims.classes[usable], claims.is_member[usable]
+    distances, classes, truth = distances[usable], classes[usable], truth[usable]
 
     def pick(d: np.ndarray, t: np.ndarray) -> float:
+        found = None
         if target_precision is not None:
             found = metrics.precision_at_target(d, t, target_precision)
-            if found is not None:
-                return found
-        return metrics.max_f1_threshold(d, t)[0]
+        if found is None:
+            found = metrics.max_f1_threshold(d, t)[0]
+        if min_recall is not None:
+            found = max(found, metrics.smallest_threshold_for_recall(d, t, min_recall))
+        return found
 
     threshold = pick(distances, truth)
     per_class = {
@@ -138,6 +160,15 @@ def calibrate(
         if target_precision is not None
         else "max F1"
     )
+    if unlike is not None and len(unlike):
+        rule += f", {len(unlike)} non-digits claimed as a random class among the false claims"
+    if min_recall is not None:
+        rule += f", accepting at least {min_recall} of true claims"
+    limits = np.array([per_class.get(int(c), threshold) for c in classes])
+    accepted = distances <= limits
+    unlike_claims = np.zeros(len(truth), bool)
+    if unlike is not None and len(unlike):
+        unlike_claims[len(truth) - int(usable[-len(unlike) :].sum()) :] = True
     return Calibration(
         threshold=threshold,
         f1=float(metrics.classification_summary(distances <= threshold, truth)["f1"]),
@@ -146,6 +177,8 @@ def calibrate(
         f"distance to the {_ordinal(support)} nearest member; {rule}",
         claims=int(len(distances)),
         probability=fit_probability(distances, truth),
+        true_accepted=float(np.mean(accepted[truth])),
+        unlike_rejected=float(np.mean(~accepted[unlike_claims])) if unlike_claims.any() else None,
     )
 
 

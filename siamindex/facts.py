@@ -36,6 +36,10 @@ class IndexFacts:
             for bundles built before it was calibrated.
         pair_threshold_accuracy: accuracy of stored pairs at ``pair_threshold``.
         target_precision: the precision asked for at calibration, if any.
+        min_recall: the least share of true claims the threshold had to accept, if any.
+        true_claims_accepted: the share of calibration true claims accepted.
+        open_set_rejected: the share of calibration non-digit claims rejected (None when
+            calibrated without non-digits).
         encoder_sha256: the encoder file's SHA-256.
         dataset_fingerprint: SHA-256 over each row's split, label and image hash.
         source: the dataset folder, or "mnist" for the bundled one.
@@ -56,6 +60,9 @@ class IndexFacts:
     pair_threshold: float = ARTICLE_THRESHOLD
     pair_threshold_accuracy: float | None = None
     target_precision: float | None = None
+    min_recall: float | None = None
+    true_claims_accepted: float | None = None
+    open_set_rejected: float | None = None
     encoder_sha256: str | None = None
     dataset_fingerprint: str | None = None
     source: str = "mnist"

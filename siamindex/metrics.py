@@ -82,6 +82,17 @@ def precision_at_target(
     return float(-thresholds[ok[0]])
 
 
+def smallest_threshold_for_recall(
+    distances: np.ndarray, is_member: np.ndarray, recall: float
+) -> float:
+    """The smallest distance threshold that accepts at least ``recall`` of the members: the
+    ``recall`` quantile of the members' distances (member if distance <= threshold)."""
+    members = np.sort(np.asarray(distances, np.float64)[np.asarray(is_member, bool)])
+    if not members.size:
+        raise ValueError("no member claims to take a recall from")
+    return float(members[min(len(members) - 1, int(np.ceil(recall * len(members))) - 1)])
+
+
 def classification_summary(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float | int]:
     """Accuracy, precision, recall and F1 of boolean predictions, with the confusion counts."""
     predicted = np.asarray(predicted, dtype=bool)

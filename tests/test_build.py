@@ -125,3 +125,28 @@ def test_the_search_layer_does_not_import_training():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_open_set_calibration_is_recorded_and_off_for_other_datasets(
+    tmp_path, small_idx_dir, fake_encoder
+):
+    plain, _ = build_index(_settings(tmp_path, small_idx_dir), embed=fake_encoder)
+    assert plain.facts.open_set_rejected is None  # --data: its classes may be letters
+    assert plain.facts.min_recall == 0.99 and plain.facts.true_claims_accepted >= 0.99
+    settings = _settings(tmp_path, small_idx_dir, open_set=300, min_recall=0.9, force=True)
+    index, _ = build_index(settings, embed=fake_encoder)
+    assert index.facts.min_recall == 0.9
+    # The recorded share is what the index does: the same non-digits, each claimed as every
+    # class (calibration drew one class each), are rejected as often.
+    from siamindex.exposure import exposure
+
+    unlike = exposure(300, seed=10_000 + settings.seed)
+    names = list(index.store.class_names)
+    results = index.check(np.repeat(unlike, len(names), axis=0), names * len(unlike))
+    rejected = np.mean([not r.is_member for r in results])
+    assert abs(rejected - index.facts.open_set_rejected) < 0.06
+    assert "300 non-digits" in str(index.facts.threshold_method)
+    # Recorded in the bundle: a fresh open reads the same facts.
+    again = type(index).open(index.path, embed=fake_encoder)
+    assert again.facts.open_set_rejected == index.facts.open_set_rejected
+    assert again.info().to_dict()["true_claims_accepted"] == index.facts.true_claims_accepted

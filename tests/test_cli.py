@@ -61,6 +61,12 @@ def test_every_command_has_help():
         ),
         (["train", "--out", "model.h5"], 2, "must end in .keras"),
         (["train", "--batch-size", "1"], 2, "1 is not in the range x>=2"),
+        (["train", "--outlier-share", "0.5"], 2, "0.5 is not in the range 0<=x<0.5"),
+        (
+            ["train", "--sampler", "article", "--augment", "-q", "--out", "/tmp/x.keras"],
+            1,
+            "train with --sampler in-batch only",
+        ),
         (["evaluate", "--encoder", "/nonexistent.keras"], 1, "does not exist; train one"),
         (["train", "--data", "/nonexistent/dir", "-q"], 1, "does not exist or is not a folder"),
     ],
@@ -108,6 +114,7 @@ def test_train_then_evaluate_on_a_small_subset(tmp_path, small_idx_dir):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["sizes"] == {"train": 900, "val": 100, "test": 300}
+    assert report["settings"]["augment"] is True and report["settings"]["outlier_share"] == 0.2
     assert out.is_file() and out.with_suffix(".json").is_file()
 
     result = runner.invoke(
@@ -308,6 +315,8 @@ def test_index_names_resolve_under_the_indexes_folder(tmp_path, monkeypatch):
         (["build-index", "--splits", "train,valid"], 2, "must list train and/or test"),
         (["build-index", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
         (["build-index", "--target-precision", "1.5"], 2, "1.5 is not in the range"),
+        (["build-index", "--min-recall", "0"], 2, "0 is not in the range 0<x<=1"),
+        (["build-index", "--open-set", "-5"], 2, "-5 is not in the range x>=0"),
         (["remove", "--index", "x", "--ids", "5-2"], 2, "'5-2' is not an id or range"),
         (["remove", "--index", "x", "--ids", "abc"], 2, "'abc' is not an id or range"),
         (["add", "mnist:test:0", "--index", "x", "--class", "1"], 1, "No index at"),
@@ -461,3 +470,16 @@ def test_claims_with_unknown_class_names_the_line(index, tmp_path):
         cli, ["check", "--claims", str(tmp_path / "c.csv"), "--index", str(index)]
     )
     assert result.exit_code == 1 and "line 3: unknown class '12'" in result.output
+
+
+def test_build_index_calibrates_on_non_digits_when_asked(tmp_path):
+    result = _build(CliRunner(), tmp_path / "o", "--open-set", "200", "--min-recall", "0.9")
+    assert result.exit_code == 0, result.output
+    info = CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "o")])
+    assert "of calibration true claims; rejects" in info.output
+    facts = json.loads(
+        CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "o"), "--format", "json"]).output
+    )
+    assert facts["min_recall"] == 0.9 and facts["true_claims_accepted"] >= 0.9
+    assert "200 non-digits" in facts["threshold_method"]
+    assert f"rejects {facts['open_set_rejected']:.4f}" in info.output

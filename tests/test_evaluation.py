@@ -73,3 +73,41 @@ def test_calibration_carries_the_probability_curve():
     vectors = (rng.normal(size=(5, 8))[labels] * 3 + rng.normal(size=(200, 8))).astype(np.float32)
     result = calibrate(vectors, labels, np.random.default_rng(1), sample=200)
     assert result.probability.shape[0] == 2 and result.probability[1].max() <= 1.0
+
+
+def _clusters(seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), 100)
+    centres = rng.normal(size=(4, 8)) * 6
+    vectors = (centres[labels] + rng.normal(size=(400, 8)) * spread).astype(np.float32)
+    return vectors, labels, centres
+
+
+def _near(centres, seed=5):
+    """ "Non-digits" just outside each cluster: no wrong-class claim comes that close."""
+    rng = np.random.default_rng(seed)
+    return (centres[rng.integers(0, 4, 300)] + rng.normal(size=(300, 8)) * 1.6).astype(np.float32)
+
+
+def test_non_digits_among_the_false_claims_tighten_the_threshold():
+    vectors, labels, centres = _clusters()
+    unlike = _near(centres)
+    plain = calibrate(vectors, labels, np.random.default_rng(1), sample=400)
+    with_unlike = calibrate(vectors, labels, np.random.default_rng(1), sample=400, unlike=unlike)
+    assert plain.unlike_rejected is None
+    assert with_unlike.threshold < plain.threshold
+    assert "300 non-digits" in with_unlike.method
+    assert with_unlike.unlike_rejected > 0.5
+    assert with_unlike.true_accepted < plain.true_accepted
+
+
+def test_min_recall_raises_the_threshold_to_accept_that_share():
+    vectors, labels, centres = _clusters()
+    unlike = _near(centres)
+    strict = calibrate(vectors, labels, np.random.default_rng(1), sample=400, unlike=unlike)
+    floor = calibrate(
+        vectors, labels, np.random.default_rng(1), sample=400, unlike=unlike, min_recall=0.999
+    )
+    assert strict.true_accepted < 0.999 <= floor.true_accepted
+    assert floor.threshold >= strict.threshold
+    assert "at least 0.999 of true claims" in floor.method

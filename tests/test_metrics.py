@@ -58,3 +58,17 @@ def test_calibration_error_by_hand():
     assert metrics.calibration_error(probabilities, truth) == pytest.approx(
         (0.05 + 0.45 + 0.45) / 3
     )
+
+
+def test_smallest_threshold_for_recall_is_the_members_quantile():
+    from siamindex.metrics import smallest_threshold_for_recall
+
+    distances = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 0.05])
+    truth = np.array([True, True, True, True, False, False])
+    assert smallest_threshold_for_recall(distances, truth, 1.0) == 0.4
+    assert smallest_threshold_for_recall(distances, truth, 0.75) == 0.3
+    assert smallest_threshold_for_recall(distances, truth, 0.5) == 0.2
+    accepted = distances[truth] <= smallest_threshold_for_recall(distances, truth, 0.6)
+    assert accepted.mean() >= 0.6
+    with pytest.raises(ValueError, match="no member"):
+        smallest_threshold_for_recall(distances, np.zeros(6, bool), 0.5)
