@@ -78,8 +78,8 @@ class Calibration:
         per_class: class index -> that class's own threshold.
         method: how it was calibrated, in words.
         claims: how many claims it was fitted on.
-        true_accepted, unlike_rejected: at each claim's class threshold, the share of true
-            claims accepted and of non-digit claims rejected (None without non-digits).
+        true_accepted, unlike_rejected: at the global threshold, the share of true claims
+            accepted and of non-digit claims rejected (None without non-digits).
         probability: (2, m) float64 breakpoints (distances, probabilities) of the isotonic fit
             of "the claim is true" against the support distance; see
             ``metrics.membership_probability``.
@@ -164,8 +164,7 @@ def calibrate(
         rule += f", {len(unlike)} non-digits claimed as a random class among the false claims"
     if min_recall is not None:
         rule += f", accepting at least {min_recall} of true claims"
-    limits = np.array([per_class.get(int(c), threshold) for c in classes])
-    accepted = distances <= limits
+    accepted = distances <= threshold  # the rule check applies unless asked for per-class
     unlike_claims = np.zeros(len(truth), bool)
     if unlike is not None and len(unlike):
         unlike_claims[len(truth) - int(usable[-len(unlike) :].sum()) :] = True
