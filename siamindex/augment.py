@@ -1,15 +1,15 @@
 """Training-time augmentation: Keras preprocessing layers that vary how a digit was written and
 scanned, so the encoder learns the digit and not MNIST's one scanner.
 
-``augmenter()`` returns a ``keras.Sequential`` of (n, 28, 28, 1) float32 pixel values in 0..255
-to the same, active only with ``training=True``. It is applied to training batches only; the
-saved encoder never contains it. Each family is drawn per image, with a chance of leaving the
-image as it was, so clean digits stay in every batch:
+``augmenter()`` returns a layer from (n, 28, 28, 1) float32 pixel values in 0..255 to the same,
+active only with ``training=True``. It is applied to training batches only; the saved encoder
+never contains it. Half of each batch goes through the families below, each drawn per image
+with its own chance; the other half stays clean:
 
 * pen: thinner or thicker strokes (grey erosion / dilation), or hollow ones (the outline a
   double-edged pen or an edge filter leaves);
 * affine: rotation, zoom, translation and shear (Keras layers);
-* elastic: a smooth random displacement field (Keras ``RandomElasticTransform``);
+* elastic: a smooth random displacement field (our own layer; see ``RandomElastic``);
 * blur: Gaussian blur (Keras ``RandomGaussianBlur``);
 * paper: an uneven background (a brightness ramp, blotchy stains) under dimmer ink;
 * lines: ruled lines or stray strokes across the paper;
