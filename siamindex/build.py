@@ -61,7 +61,8 @@ class BuildSettings:
         open_set: how many generated non-digits (``siamindex.exposure``, seeded apart from
             training's) join the calibration as false claims; None: 2,000 for the bundled
             MNIST, none for other datasets (whose classes may be letters or shapes).
-        min_recall: the threshold accepts at least this share of true claims (leave-one-out).
+        min_recall: the threshold accepts at least this share of true claims (leave-one-out);
+            None or 0: no floor.
     """
 
     encoder: str | Path
@@ -188,7 +189,7 @@ def _make_store(
             target_precision=settings.target_precision,
             support=settings.support,
             unlike=_open_set_vectors(settings, embed, datasets[0].source),
-            min_recall=settings.min_recall,
+            min_recall=settings.min_recall or None,
         )
         pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
     class_thresholds = np.full(len(datasets[0].class_names), np.nan)
@@ -204,7 +205,7 @@ def _make_store(
         pair_threshold=pair_threshold,
         pair_threshold_accuracy=pair_accuracy,
         target_precision=settings.target_precision,
-        min_recall=settings.min_recall,
+        min_recall=settings.min_recall or None,
         true_claims_accepted=calibration.true_accepted,
         open_set_rejected=calibration.unlike_rejected,
         encoder_sha256=sha256_file(settings.encoder),

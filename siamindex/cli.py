@@ -446,10 +446,11 @@ def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str)
 )
 @click.option(
     "--min-recall",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=click.FloatRange(0, 1),
     default=DEFAULT_MIN_RECALL,
     show_default=True,
-    help="The threshold accepts at least this share of true claims (leave-one-out).",
+    help="The threshold accepts at least this share of true claims (leave-one-out); 0 for no "
+    "floor (max F1 alone: fewer wrong-class claims accepted, fewer true ones too).",
 )
 @click.option(
     "--open-set",

@@ -133,6 +133,13 @@ def test_open_set_calibration_is_recorded_and_off_for_other_datasets(
     plain, _ = build_index(_settings(tmp_path, small_idx_dir), embed=fake_encoder)
     assert plain.facts.open_set_rejected is None  # --data: its classes may be letters
     assert plain.facts.min_recall == 0.99 and plain.facts.true_claims_accepted >= 0.99
+    no_floor, _ = build_index(
+        _settings(tmp_path, small_idx_dir, min_recall=0, force=True), embed=fake_encoder
+    )
+    assert (
+        no_floor.facts.min_recall is None and "true claims" not in no_floor.facts.threshold_method
+    )
+    assert no_floor.facts.threshold <= plain.facts.threshold
     settings = _settings(tmp_path, small_idx_dir, open_set=300, min_recall=0.9, force=True)
     index, _ = build_index(settings, embed=fake_encoder)
     assert index.facts.min_recall == 0.9

@@ -315,7 +315,7 @@ def test_index_names_resolve_under_the_indexes_folder(tmp_path, monkeypatch):
         (["build-index", "--splits", "train,valid"], 2, "must list train and/or test"),
         (["build-index", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
         (["build-index", "--target-precision", "1.5"], 2, "1.5 is not in the range"),
-        (["build-index", "--min-recall", "0"], 2, "0 is not in the range 0<x<=1"),
+        (["build-index", "--min-recall", "1.5"], 2, "1.5 is not in the range 0<=x<=1"),
         (["build-index", "--open-set", "-5"], 2, "-5 is not in the range x>=0"),
         (["remove", "--index", "x", "--ids", "5-2"], 2, "'5-2' is not an id or range"),
         (["remove", "--index", "x", "--ids", "abc"], 2, "'abc' is not an id or range"),
