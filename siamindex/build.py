@@ -180,6 +180,7 @@ def _make_store(
             embeddings=vectors,
         )
         index = build_faiss_index(vectors, rows.ids, settings.index_type, settings.seed)
+    min_recall = settings.min_recall or None  # 0 means no floor, as None does
     with phases("calibrate"):
         rng = np.random.default_rng(settings.seed)
         calibration = calibrate(
@@ -189,7 +190,7 @@ def _make_store(
             target_precision=settings.target_precision,
             support=settings.support,
             unlike=_open_set_vectors(settings, embed, datasets[0].source),
-            min_recall=settings.min_recall or None,
+            min_recall=min_recall,
         )
         pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
     class_thresholds = np.full(len(datasets[0].class_names), np.nan)
@@ -205,7 +206,7 @@ def _make_store(
         pair_threshold=pair_threshold,
         pair_threshold_accuracy=pair_accuracy,
         target_precision=settings.target_precision,
-        min_recall=settings.min_recall or None,
+        min_recall=min_recall,
         true_claims_accepted=calibration.true_accepted,
         open_set_rejected=calibration.unlike_rejected,
         encoder_sha256=sha256_file(settings.encoder),

@@ -130,14 +130,18 @@ def calibrate(
         stored[claims.rows], claims.classes, exclude_rows=claims.rows, support=support
     )
     classes, truth = claims.classes, claims.is_member
+    is_unlike = np.zeros(len(truth), bool)
     if unlike is not None and len(unlike):
-        claimed = np.unique(labels)[rng.integers(0, len(np.unique(labels)), len(unlike))]
+        known = np.unique(labels)
+        claimed = known[rng.integers(0, len(known), len(unlike))]
         _, _, unlike_distances = partition.nearest(unlike, claimed, support=support)
         distances = np.concatenate([distances, unlike_distances])
         classes = np.concatenate([classes, claimed])
         truth = np.concatenate([truth, np.zeros(len(unlike), bool)])
+        is_unlike = np.concatenate([is_unlike, np.ones(len(unlike), bool)])
     usable = np.isfinite(distances)
     distances, classes, truth = distances[usable], classes[usable], truth[usable]
+    is_unlike = is_unlike[usable]
 
     def pick(d: np.ndarray, t: np.ndarray) -> float:
         found = None
@@ -165,9 +169,6 @@ def calibrate(
     if min_recall is not None:
         rule += f", accepting at least {min_recall} of true claims"
     accepted = distances <= threshold  # the rule check applies unless asked for per-class
-    unlike_claims = np.zeros(len(truth), bool)
-    if unlike is not None and len(unlike):
-        unlike_claims[len(truth) - int(usable[-len(unlike) :].sum()) :] = True
     return Calibration(
         threshold=threshold,
         f1=float(metrics.classification_summary(distances <= threshold, truth)["f1"]),
@@ -177,7 +178,7 @@ def calibrate(
         claims=int(len(distances)),
         probability=fit_probability(distances, truth),
         true_accepted=float(np.mean(accepted[truth])),
-        unlike_rejected=float(np.mean(~accepted[unlike_claims])) if unlike_claims.any() else None,
+        unlike_rejected=float(np.mean(~accepted[is_unlike])) if is_unlike.any() else None,
     )
 
 
