@@ -224,8 +224,8 @@ def _one_of(kind: str, choices: Sequence[str]) -> Callable[..., str | None]:
 @click.option(
     "--augment/--no-augment",
     default=None,
-    help="Vary each training batch: pen width, affine, elastic, blur, uneven paper, noise "
-    "(siamindex/augment.py). Default: on with --sampler in-batch.",
+    help="Vary half of each training batch: pen width, affine, elastic, blur, uneven paper, "
+    "ruled lines, noise (siamindex/augment.py). Default: on with --sampler in-batch.",
 )
 @click.option(
     "--outlier-share",
