@@ -168,10 +168,11 @@ class InkLevels(layers.Layer):  # type: ignore[misc]
     """The ink alone, at full contrast: (n, 28, 28, 1) pixel values in 0..255 to 0..1.
 
     The paper is estimated by a grey opening with a ``window`` square (any stroke narrower
-    than the window vanishes from it) and subtracted (a white top-hat), so a grey or unevenly lit
-    background leaves the strokes (a fine-grained haze, like MNIST-C's fog, does not go); then each image is divided by its brightest ink (at
-    least ``floor``, so a faint speck is not stretched into a stroke). On MNIST's own digits,
-    black paper with ink up to 255, it changes almost nothing.
+    than the window vanishes from it) and subtracted (a white top-hat), so a grey or unevenly
+    lit background leaves the strokes (a fine-grained haze, like MNIST-C's fog, does not go);
+    then each image is divided by its brightest ink (at least ``floor``, so a faint speck is
+    not stretched into a stroke). On MNIST's own digits, black paper with ink up to 255, it
+    changes almost nothing.
     """
 
     def __init__(self, window: int = 7, floor: float = 64.0, **kwargs: Any) -> None:
