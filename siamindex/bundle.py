@@ -48,6 +48,29 @@ OPTIONAL_FILES = (TRAINING_FILE,)
 PARTIAL_SUFFIX = ".partial"
 REBUILD = "rebuild it with `siamindex build-index --force`"
 
+# The named points of the write path, in order. Before "link-swapped" a crash leaves the old
+# bundle published; from it on, the new one.
+WRITE_POINTS = ("partial-created", "store-written", "bundle-complete", "link-swapped", "pruned")
+PAUSE_ENV = "SIAMINDEX_TEST_PAUSE"
+
+
+def _checkpoint(point: str) -> None:
+    """Test hook: with ``$SIAMINDEX_TEST_PAUSE`` set to "POINT[,POINT...]:FILE", a writer that
+    reaches a listed point writes "POINT PID" to FILE and waits while FILE exists, so that a
+    test can kill it exactly there (or let readers run) and then delete FILE to let it go on.
+    Unset (always, outside tests), this is one dictionary lookup."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    points, _, marker = spec.rpartition(":")
+    if point not in points.split(","):
+        return
+    ready = Path(f"{marker}.{os.getpid()}")
+    ready.write_text(f"{point} {os.getpid()}")
+    os.replace(ready, marker)  # whole, so that a test never reads it half-written
+    while os.path.exists(marker):
+        time.sleep(0.005)
+
 
 def index_path(name: str | os.PathLike[str]) -> Path:
     """Where an index lives: a name like "mnist" is ``$SIAMINDEX_INDEXES/mnist`` (default
@@ -85,6 +108,7 @@ def write_bundle(
     if training_report is not None:
         shutil.copyfile(training_report, folder / TRAINING_FILE)
     write_store(folder)
+    _checkpoint("store-written")
     for name in (*BUNDLE_FILES, *OPTIONAL_FILES):
         if (folder / name).exists():
             _fsync_file(folder / name)
@@ -296,19 +320,23 @@ def publish(
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     partial.mkdir(parents=True)
     try:
+        _checkpoint("partial-created")
         write(partial)
         os.rename(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     _fsync_dir(target.parent)
+    _checkpoint("bundle-complete")
     link = target.parent / f".{target.name}.link-{os.getpid()}"
     link.unlink(missing_ok=True)
     os.symlink(final.name, link)
     os.replace(link, target)
     _fsync_dir(target.parent)
+    _checkpoint("link-swapped")
     # Keep the bundle just replaced: a reader may have resolved the link a moment ago.
     _clean(target, keep={final.resolve()} | ({previous} if previous else set()))
+    _checkpoint("pruned")
     return final
 
 
