@@ -52,7 +52,8 @@ class BuildSettings:
         batch_size: images per encoder call.
         force: replace an existing index (only once the new one is complete).
         target_precision: calibrate to the largest threshold reaching this precision instead
-            of max F1.
+            of max F1 and the recall floor; where no threshold reaches it, a warning is logged
+            and max F1 (with the floor) decides, as the recorded method says.
         resize: resize class-folder images that are not 28x28.
         seed: drives sampling for FAISS training and calibration.
         support: a membership claim holds when this many stored members of the class lie
@@ -206,7 +207,7 @@ def _make_store(
         pair_threshold=pair_threshold,
         pair_threshold_accuracy=pair_accuracy,
         target_precision=settings.target_precision,
-        min_recall=min_recall,
+        min_recall=calibration.min_recall,
         true_claims_accepted=calibration.true_accepted,
         open_set_rejected=calibration.unlike_rejected,
         encoder_sha256=sha256_file(settings.encoder),

@@ -580,6 +580,7 @@ def _print_info(facts: dict[str, Any], output_format: str) -> None:
 @click.option("--new-class", is_flag=True, help="Allow a class the index does not have yet.")
 @resize_option
 @prepare_option
+@format_option
 @click.pass_context
 @_errors_to_messages
 def add(
@@ -591,6 +592,7 @@ def add(
     new_class: bool,
     resize: bool,
     prepare: str,
+    output_format: str,
 ) -> None:
     """Add images of one class to an index, without a rebuild. Prints the new ids."""
     from siamindex.index import Index
@@ -609,6 +611,10 @@ def add(
     index = Index.open(index_name)
     loaded = load_images(images, resize=resize, prepare=prepare)
     ids = index.add(loaded.pixels, class_name, new_class=new_class)
+    if output_format == "json":
+        added = {"index": str(index.path), "class": class_name, "ids": [int(i) for i in ids]}
+        click.echo(json.dumps({**added, "count": len(index.store.rows)}, indent=2))
+        return
     click.echo(f"added {len(ids)} image(s) as class {class_name}: ids {_id_list(ids)}")
 
 
@@ -644,16 +650,24 @@ def _old_positional_index(
 @index_option
 @click.argument("old_name", required=False, metavar="")
 @click.option("--ids", required=True, help="Ids to remove: 5,7,10-20.")
+@format_option
 @click.pass_context
 @_errors_to_messages
-def remove(ctx: click.Context, index_name: str, old_name: str | None, ids: str) -> None:
+def remove(
+    ctx: click.Context, index_name: str, old_name: str | None, ids: str, output_format: str
+) -> None:
     """Remove stored images by id, without a rebuild. Other ids do not change."""
     from siamindex.index import Index
 
     name = _index_named(ctx, index_name, old_name, "remove NAME")
-    wanted = _parse_ids(ids)
-    Index.open(name).remove(wanted)
-    click.echo(f"removed {len(set(wanted))} id(s) from {name}")
+    wanted = sorted(set(_parse_ids(ids)))
+    index = Index.open(name)
+    index.remove(wanted)
+    if output_format == "json":
+        removed = {"index": str(index.path), "removed": wanted, "count": len(index.store.rows)}
+        click.echo(json.dumps(removed, indent=2))
+        return
+    click.echo(f"removed {len(wanted)} id(s) from {name}")
 
 
 def _parse_ids(text: str) -> list[int]:

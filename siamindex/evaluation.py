@@ -7,6 +7,7 @@ split and the queries the test split, so no query can find itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from siamindex.data import load_dataset
 from siamindex.defaults import ARTICLE_THRESHOLD, DEFAULT_SUPPORT
 from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, make_pairs
 from siamindex.search import ClassPartition, exact_search, flat_index
+
+logger = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLE = 10_000
 
@@ -78,6 +81,7 @@ class Calibration:
         per_class: class index -> that class's own threshold.
         method: how it was calibrated, in words.
         claims: how many claims it was fitted on.
+        min_recall: the recall floor applied (None: none, or a precision target met).
         true_accepted, unlike_rejected: at the global threshold, the share of true claims
             accepted and of non-digit claims rejected (None without non-digits).
         probability: (2, m) float64 breakpoints (distances, probabilities) of the isotonic fit
@@ -93,6 +97,7 @@ class Calibration:
     probability: np.ndarray
     true_accepted: float | None = None
     unlike_rejected: float | None = None
+    min_recall: float | None = None
 
 
 def calibrate(
@@ -143,31 +148,45 @@ def calibrate(
     distances, classes, truth = distances[usable], classes[usable], truth[usable]
     is_unlike = is_unlike[usable]
 
-    def pick(d: np.ndarray, t: np.ndarray) -> float:
-        found = None
+    def pick(d: np.ndarray, t: np.ndarray, floor: float | None) -> tuple[float, bool]:
+        """The threshold by the rule, and whether the precision target (if any) was met."""
         if target_precision is not None:
             found = metrics.precision_at_target(d, t, target_precision)
-        if found is None:
-            found = metrics.max_f1_threshold(d, t)[0]
-        if min_recall is not None:
-            found = max(found, metrics.smallest_threshold_for_recall(d, t, min_recall))
-        return found
+            if found is not None:
+                return found, True
+        found = metrics.max_f1_threshold(d, t)[0]
+        if floor is not None:
+            found = max(found, metrics.smallest_threshold_for_recall(d, t, floor))
+        return found, target_precision is None
 
-    threshold = pick(distances, truth)
+    # A precision target replaces the recall floor: raising the threshold would undo it.
+    threshold, reached = pick(distances, truth, None if target_precision else min_recall)
+    floor = min_recall if not (target_precision and reached) else None
+    if not reached:
+        threshold, _ = pick(distances, truth, min_recall)
     per_class = {
-        int(c): pick(distances[classes == c], truth[classes == c])
+        int(c): pick(distances[classes == c], truth[classes == c], floor)[0]
         for c in np.unique(classes)
         if truth[classes == c].any() and (~truth[classes == c]).any()
     }
-    rule = (
-        f"largest threshold with precision >= {target_precision}"
-        if target_precision is not None
-        else "max F1"
-    )
+    if target_precision is not None and reached:
+        rule = f"largest threshold with precision >= {target_precision}"
+    else:
+        rule = "max F1"
+    if target_precision is not None and not reached:
+        best = metrics.classification_summary(distances <= threshold, truth)["precision"]
+        logger.warning(
+            "Precision %s is not reached on any threshold of the %d calibration claims; "
+            "calibrated by max F1 instead (precision %.4f). Ask for a lower --target-precision.",
+            target_precision,
+            len(distances),
+            best,
+        )
+        rule += f" (precision >= {target_precision} not reachable)"
     if unlike is not None and len(unlike):
         rule += f", {len(unlike)} non-digits claimed as a random class among the false claims"
-    if min_recall is not None:
-        rule += f", accepting at least {min_recall} of true claims"
+    if floor is not None:
+        rule += f", accepting at least {floor} of true claims"
     accepted = distances <= threshold  # the rule check applies unless asked for per-class
     return Calibration(
         threshold=threshold,
@@ -179,6 +198,7 @@ def calibrate(
         probability=fit_probability(distances, truth),
         true_accepted=float(np.mean(accepted[truth])),
         unlike_rejected=float(np.mean(~accepted[is_unlike])) if is_unlike.any() else None,
+        min_recall=floor,
     )
 
 

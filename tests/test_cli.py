@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import schemas
 from click.testing import CliRunner
+from schemas import assert_schema
 
 from siamindex.cli import CHECK_CSV_HEADER, cli
 
@@ -113,6 +116,7 @@ def test_train_then_evaluate_on_a_small_subset(tmp_path, small_idx_dir):
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
+    assert_schema(report, schemas.TRAIN)
     assert report["sizes"] == {"train": 900, "val": 100, "test": 300}
     assert report["settings"]["augment"] is True and report["settings"]["outlier_share"] == 0.2
     assert out.is_file() and out.with_suffix(".json").is_file()
@@ -124,12 +128,29 @@ def test_train_then_evaluate_on_a_small_subset(tmp_path, small_idx_dir):
     )
     assert result.exit_code == 0, result.output
     measured = json.loads(result.output)
+    assert_schema(measured, schemas.EVALUATE)
     assert measured["sizes"] == {"stored": 1000, "queries": 300}
-    for name in ("encoder", "raw_pixels"):
-        assert 0 < measured[name]["one_nn_accuracy"] <= 1
-        assert 0 < measured[name]["map_at_r"] <= 1
-        assert measured[name]["threshold"] > 0
-        assert measured[name]["membership"]["claims"] == 600
+    # Recomputed here from the data: the encoder's vectors and raw pixels, brute force.
+    from siamindex.data import load_dataset
+    from siamindex.embedding import load_embedder
+    from siamindex.evaluation import retrieval_metrics
+
+    stored, queries = (load_dataset(small_idx_dir, split) for split in ("train", "test"))
+    embed = load_embedder(out)
+    spaces = {
+        "encoder": (embed(stored.images), embed(queries.images)),
+        "raw_pixels": (
+            stored.images.reshape(len(stored), -1).astype(np.float32) / 255,
+            queries.images.reshape(len(queries), -1).astype(np.float32) / 255,
+        ),
+    }
+    for name, (base, asked) in spaces.items():
+        want = retrieval_metrics(base, stored.labels, asked, queries.labels)
+        assert measured[name]["one_nn_accuracy"] == pytest.approx(want["one_nn_accuracy"])
+        assert measured[name]["map_at_r"] == pytest.approx(want["map_at_r"], abs=1e-6)
+        membership = measured[name]["membership"]
+        assert membership["claims"] == 600
+        assert membership["true_positive"] + membership["false_negative"] == 300
     assert measured["raw_pixels"]["pair_accuracy"] is None
     # Raw-pixel 1-NN on the first 1,000 MNIST train images is ~0.85-0.9 for these 300 queries.
     assert 0.8 < measured["raw_pixels"]["one_nn_accuracy"] < 0.95

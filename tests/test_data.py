@@ -111,9 +111,12 @@ def test_class_folder_dataset(tmp_path, mnist_test):
     train = load_dataset(tmp_path, "train")
     assert len(train) == 40
     assert train.class_names == tuple(sorted({str(v) for v in mnist_test.labels[:40]}))
-    # Each decoded image equals the original array (PNG is lossless).
-    first = train.images[list(train.class_names).index(str(mnist_test.labels[0]))]
-    assert first.shape == (28, 28)
+    # Each decoded image equals the original array (PNG is lossless), under its class.
+    pairs = zip(train.images, train.labels, strict=True)
+    got = sorted((train.class_names[c], image.tobytes()) for image, c in pairs)
+    originals = zip(mnist_test.images[:40], mnist_test.labels[:40], strict=True)
+    want = sorted((str(c), image.tobytes()) for image, c in originals)
+    assert got == want
     assert len(load_dataset(tmp_path, "test")) == 20
 
 

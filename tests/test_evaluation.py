@@ -111,3 +111,40 @@ def test_min_recall_raises_the_threshold_to_accept_that_share():
     assert strict.true_accepted < 0.999 <= floor.true_accepted
     assert floor.threshold >= strict.threshold
     assert "at least 0.999 of true claims" in floor.method
+
+
+def test_target_precision_reached_is_the_largest_such_threshold_without_a_floor():
+    vectors, labels, _ = _clusters(spread=4.0)  # overlapping: max F1 is not precise
+    plain = calibrate(vectors, labels, np.random.default_rng(1), sample=400, min_recall=0.99)
+    precise = calibrate(
+        vectors,
+        labels,
+        np.random.default_rng(1),
+        sample=400,
+        target_precision=0.99,
+        min_recall=0.99,  # replaced by the precision target: it would undo it
+    )
+    assert precise.threshold < plain.threshold
+    assert precise.method.endswith("largest threshold with precision >= 0.99")
+    assert precise.min_recall is None and plain.min_recall == 0.99
+    higher = calibrate(vectors, labels, np.random.default_rng(1), sample=400, target_precision=1.0)
+    assert higher.threshold <= precise.threshold
+
+
+def test_target_precision_not_reached_warns_and_records_max_f1(caplog):
+    vectors, labels, _ = _clusters()
+    # Copies of stored vectors claimed as random classes: false claims at distance 0 (support
+    # 1), nearer than any true claim, so no threshold is fully precise.
+    unlike = vectors[:100]
+    common = dict(sample=400, support=1, unlike=unlike, min_recall=0.95)
+    plain = calibrate(vectors, labels, np.random.default_rng(1), **common)
+    with caplog.at_level("WARNING", logger="siamindex.evaluation"):
+        result = calibrate(
+            vectors, labels, np.random.default_rng(1), target_precision=1.0, **common
+        )
+    assert result.threshold == plain.threshold and result.min_recall == 0.95
+    assert "max F1 (precision >= 1.0 not reachable)" in result.method
+    assert "at least 0.95 of true claims" in result.method
+    (record,) = caplog.records
+    assert "Precision 1.0 is not reached" in record.getMessage()
+    assert "\n" not in record.getMessage()
