@@ -183,14 +183,15 @@ class IndexStore:
             queries: (n, embedding_dim) float32.
             k: neighbours per query, 1 <= k <= count.
             nprobe: IVF cells to visit (IVF index types only), for this call only.
-            ef_search: HNSW search breadth (HNSW index types only), for this call only.
+            ef_search: HNSW search breadth (HNSW index types only, at least k), for this call
+                only.
 
         Returns:
             (distances, ids): (n, k) float32 Euclidean distances, nearest first (inf where the
             index found fewer than k), and (n, k) int64 ids (-1 there).
 
         Raises:
-            BadSearchSetting: a setting does not apply to this index type.
+            BadSearchSetting: a setting does not apply to this index type, or ef_search < k.
         """
         if not 1 <= k <= len(self.rows):
             raise ValueError(f"k must be between 1 and the index size {len(self.rows)}, got {k}")
@@ -198,6 +199,11 @@ class IndexStore:
         if queries.ndim != 2 or queries.shape[1] != self.embedding_dim:
             raise ValueError(
                 f"queries have shape {queries.shape}; expected (n, {self.embedding_dim})"
+            )
+        if ef_search is not None and ef_search < k:
+            raise BadSearchSetting(
+                f"ef_search {ef_search} is below k {k}: HNSW would return fewer than k "
+                f"neighbours for some queries; use ef_search >= {k}."
             )
         params = search_parameters(self.index, nprobe, ef_search, self.facts.index_type)
         squared, ids = self.index.search(queries, k, params=params)
