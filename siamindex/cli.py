@@ -612,8 +612,10 @@ def add(
     loaded = load_images(images, resize=resize, prepare=prepare)
     ids = index.add(loaded.pixels, class_name, new_class=new_class)
     if output_format == "json":
-        added = {"index": str(index.path), "class": class_name, "ids": [int(i) for i in ids]}
-        click.echo(json.dumps({**added, "count": len(index.store.rows)}, indent=2))
+        from siamindex.query import Added, to_json
+
+        added = Added(str(index.path), class_name, [int(i) for i in ids], len(index.store.rows))
+        click.echo(json.dumps(to_json(added), indent=2))
         return
     click.echo(f"added {len(ids)} image(s) as class {class_name}: ids {_id_list(ids)}")
 
@@ -664,8 +666,10 @@ def remove(
     index = Index.open(name)
     index.remove(wanted)
     if output_format == "json":
-        removed = {"index": str(index.path), "removed": wanted, "count": len(index.store.rows)}
-        click.echo(json.dumps(removed, indent=2))
+        from siamindex.query import Removed, to_json
+
+        removed = Removed(str(index.path), wanted, len(index.store.rows))
+        click.echo(json.dumps(to_json(removed), indent=2))
         return
     click.echo(f"removed {len(wanted)} id(s) from {name}")
 
@@ -1044,6 +1048,130 @@ def report(index_name: str, out_dir: str, seed: int) -> None:
     written = write_report(Index.open(index_name), out_dir, seed)
     for path in written:
         click.echo(str(path))
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@cli.command()
+@click.option(
+    "--index",
+    "index_names",
+    multiple=True,
+    default=[DEFAULT_INDEX],
+    show_default=True,
+    envvar=INDEX_ENV,
+    help="Index to serve (repeat for several), served under its last path part.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the bearer token that writes need (every route, beyond loopback). "
+    "Or set SIAMINDEX_TOKEN.",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per encoder call when concurrent requests are batched.",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="How long the batcher waits for more requests after the first.",
+)
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=64.0, show_default=True)
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=25_000,
+    show_default=True,
+    help="Images or claims per request.",
+)
+@click.option(
+    "--max-image-side",
+    type=click.IntRange(min=28),
+    default=2048,
+    show_default=True,
+    help="Width/height limit of uploaded PNG/JPEG images.",
+)
+@_errors_to_messages
+def serve(
+    index_names: tuple[str, ...],
+    host: str,
+    port: int,
+    token_file: str | None,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body_mb: float,
+    max_images: int,
+    max_image_side: int,
+) -> None:
+    """Serve indexes over HTTP (FastAPI + uvicorn): query, check, compare, add, remove, a page
+    to draw a digit at /, docs at /docs, Prometheus metrics at /metrics."""  # fmt: skip
+    from siamindex.index import Index
+
+    try:
+        import uvicorn
+
+        from siamindex.api import ServeConfig, create_app
+        from siamindex.service import Limits
+    except ImportError as exc:
+        raise click.ClickException(
+            f"serve needs the serve extra ({exc.name} is missing): pip install 'siamindex[serve]'."
+        ) from None
+    token = _read_token(token_file)
+    exposed = host not in LOOPBACK
+    if exposed and token is None:
+        raise click.UsageError(
+            f"Binding {host} exposes the index beyond this machine; give --token-file (or "
+            "SIAMINDEX_TOKEN) so that every route needs the token, or bind 127.0.0.1."
+        )
+    names = tuple(dict.fromkeys(index_names))
+    keys = [Index.open(name).path.name for name in names]  # verify each before starting
+    if len(set(keys)) != len(keys):
+        raise click.UsageError("Two served indexes share a name; serve each under its own name.")
+    config = ServeConfig(
+        indexes=names,
+        token=token,
+        token_for_reads=exposed,
+        limits=Limits(int(max_body_mb * 2**20), max_images, max_image_side),
+        max_batch=max_batch,
+        max_wait=max_wait_ms / 1000,
+    )
+    click.echo(f"serving {', '.join(keys)} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _read_token(token_file: str | None) -> str | None:
+    if token_file is None:
+        token = os.environ.get("SIAMINDEX_TOKEN", "").strip()
+        return token or None
+    try:
+        token = Path(token_file).read_text().strip()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read '{token_file}' ({exc.strerror}).", param_hint="--token-file"
+        ) from None
+    if len(token) < 16:
+        raise click.BadParameter(
+            f"'{token_file}' holds {len(token)} characters; use a token of 16 or more "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())').",
+            param_hint="--token-file",
+        )
+    return token
 
 
 def main() -> None:

@@ -238,38 +238,52 @@ def load_image_file(
         DataError: the file is missing or not a readable image, or is not 28x28 and neither
             ``resize`` nor ``prepare`` makes it so.
     """
+    return _image_from(Path(path), f"'{path}'", resize, prepare)
+
+
+def decode_image_bytes(raw: bytes, name: str, prepare: str = "auto") -> np.ndarray:
+    """``load_image_file`` for PNG/JPEG bytes (an upload), named ``name`` in errors.
+
+    Raises:
+        DataError: not a readable image, or not 28x28 with ``prepare="none"``.
+    """
+    import io
+
+    return _image_from(io.BytesIO(raw), name, False, prepare)
+
+
+def _image_from(source: Any, label: str, resize: bool, prepare: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            gray = _decode_gray(path)
+            gray = _decode_gray(source)
     except FileNotFoundError:
-        raise DataError(f"Image file '{path}' does not exist.") from None
+        raise DataError(f"Image file {label} does not exist.") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"'{path}' declares an enormous image; refusing to decode it.") from None
+        raise DataError(f"{label} declares an enormous image; refusing to decode it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(f"'{path}' is not a readable PNG/JPEG image ({exc}).") from None
+        raise DataError(f"{label} is not a readable PNG/JPEG image ({exc}).") from None
     if prepare != "none" and not resize:
         from siamindex.prepare import prepare as lay_out
 
         try:
             return lay_out(np.asarray(gray, dtype=np.uint8), prepare)
         except DataError as exc:
-            raise DataError(f"Image '{path}': {exc}") from None
+            raise DataError(f"Image {label}: {exc}") from None
     if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
         if not resize:
             width, height = gray.size
             raise DataError(
-                f"Image '{path}' is {width}x{height}; expected 28x28. "
+                f"Image {label} is {width}x{height}; expected 28x28. "
                 "Pass --prepare mnist to lay it out as MNIST, or --resize to scale it."
             )
         gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(gray, dtype=np.uint8)
 
 
-def _decode_gray(path: Path) -> Any:
+def _decode_gray(path: Any) -> Any:
     """Decode with Pillow to 8-bit grayscale, compositing any alpha onto black."""
     from PIL import Image
 

@@ -19,6 +19,10 @@ class IndexNotFound(SiamIndexError):
     """No index exists at the given name or path."""
 
 
+class ItemNotFound(SiamIndexError):
+    """A stored id (or its pixels) asked for is not in the index."""
+
+
 class IndexExists(SiamIndexError):
     """An index already exists where a new one would be written (and replacing was not asked)."""
 

@@ -131,15 +131,20 @@ class Index:
         Raises:
             IncompatibleIndex: the encoder's output width differs from the stored vectors'.
         """
-        if self._embed is None:
-            self._embed = load_embedder(self.folder / bundle.ENCODER_FILE)
-        vectors = embed_distinct(self._embed, images, progress=progress)
+        vectors = embed_distinct(self.embedder, images, progress=progress)
         if len(vectors) and vectors.shape[1] != self.store.embedding_dim:
             raise IncompatibleIndex(
                 f"Index '{self.path}' holds {self.store.embedding_dim}-d vectors but its "
                 f"encoder outputs {vectors.shape[1]}-d; {bundle.REBUILD}."
             )
         return vectors
+
+    @property
+    def embedder(self) -> Embedder:
+        """The bundle's encoder as a callable (loaded, with TensorFlow, on first use)."""
+        if self._embed is None:
+            self._embed = load_embedder(self.folder / bundle.ENCODER_FILE)
+        return self._embed
 
     @property
     def partition(self) -> ClassPartition:
@@ -165,12 +170,21 @@ class Index:
             DataError: k is not between 1 and the index size.
             BadSearchSetting: nprobe or ef_search does not apply to this index type.
         """
-        if not 1 <= k <= len(self.store.rows):
-            raise DataError(
-                f"k must be between 1 and the index size ({len(self.store.rows)}); got {k}."
-            )
-        names = list(names) if names is not None else [str(i) for i in range(len(images))]
+        self._check_k(k)  # before the slow part
         vectors = self.embed(images, progress=progress)
+        return self.query_vectors(vectors, k, names, nprobe=nprobe, ef_search=ef_search)
+
+    def query_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 5,
+        names: Sequence[str] | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[QueryResult]:
+        """``query`` for images already embedded with this index's encoder ((n, d) float32)."""
+        self._check_k(k)
+        names = list(names) if names is not None else [str(i) for i in range(len(vectors))]
         return nearest(
             self.store, self.partition, vectors, names, k, nprobe=nprobe, ef_search=ef_search
         )
@@ -194,15 +208,47 @@ class Index:
             raise DataError(
                 f"{len(images)} images but {len(classes)} classes; give one class per image."
             )
-        claimed = np.array([self.class_index(c) for c in classes], dtype=np.int64)
-        truth = None
-        if true_classes is not None:
-            truth = np.array([-1 if t is None else self.class_index(t) for t in true_classes])
-        names = list(names) if names is not None else [str(i) for i in range(len(images))]
+        self.class_positions(classes, true_classes)  # unknown classes fail before the slow part
         vectors = self.embed(images, progress=progress)
+        return self.check_vectors(vectors, classes, per_class, names, true_classes)
+
+    def check_vectors(
+        self,
+        vectors: np.ndarray,
+        classes: Sequence[str],
+        per_class: bool = False,
+        names: Sequence[str] | None = None,
+        true_classes: Sequence[str | None] | None = None,
+    ) -> list[MembershipResult]:
+        """``check`` for images already embedded with this index's encoder ((n, d) float32)."""
+        if len(classes) != len(vectors):
+            raise DataError(
+                f"{len(vectors)} images but {len(classes)} classes; give one class per image."
+            )
+        claimed, truth = self.class_positions(classes, true_classes)
+        names = list(names) if names is not None else [str(i) for i in range(len(vectors))]
         return check_membership(
             self.store, self.partition, vectors, names, claimed, per_class, truth
         )
+
+    def _check_k(self, k: int) -> None:
+        if not 1 <= k <= len(self.store.rows):
+            raise DataError(
+                f"k must be between 1 and the index size ({len(self.store.rows)}); got {k}."
+            )
+
+    def class_positions(
+        self, classes: Sequence[str], true_classes: Sequence[str | None] | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Positions of claimed and true classes in the index (-1: truth unknown).
+
+        Raises:
+            DataError: a class is not in the index.
+        """
+        claimed = np.array([self.class_index(c) for c in classes], dtype=np.int64)
+        if true_classes is None:
+            return claimed, None
+        return claimed, np.array([-1 if t is None else self.class_index(t) for t in true_classes])
 
     def compare(
         self, first: np.ndarray, second: np.ndarray, names: tuple[str, str] = ("a", "b")

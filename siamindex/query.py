@@ -89,6 +89,25 @@ class MembershipResult:
 
 
 @dataclass(frozen=True)
+class Added:
+    """Images added to an index: their new ids, and the index's size after."""
+
+    index: str
+    class_name: str = field(metadata=_CLASS)
+    ids: list[int] = field(default_factory=list)
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Ids removed from an index, and the index's size after."""
+
+    index: str
+    removed: list[int]
+    count: int
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Distance between two images and the verdict at the threshold (the article's use)."""
 

@@ -1,0 +1,278 @@
+"""The HTTP API through FastAPI's in-process client, and ``siamindex serve`` as a real process.
+
+Results are checked against the library's answers for the same images (one schema, the CLI's).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import schemas
+from fastapi.testclient import TestClient
+from PIL import Image
+from schemas import assert_schema
+from serving import running_server
+
+from siamindex.api import ServeConfig, create_app
+from siamindex.build import BuildSettings, build_index
+from siamindex.index import Index
+from siamindex.query import membership_summary, to_json
+from siamindex.service import Limits
+
+TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REF0 = {"ref": "mnist:test:0"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_idx_dir) -> Path:
+    path = tmp_path_factory.mktemp("api") / "idx"
+    settings = BuildSettings(
+        encoder=TINY_ENCODER, index=path, data_dir=small_idx_dir, splits=("test",), progress=False
+    )
+    build_index(settings)
+    return path
+
+
+@pytest.fixture
+def index_path(built, tmp_path) -> Path:
+    folder = built.resolve()
+    shutil.copytree(folder, tmp_path / folder.name)
+    (tmp_path / "idx").symlink_to(folder.name)
+    return tmp_path / "idx"
+
+
+def _client(path: Path, **config) -> TestClient:
+    settings = {"token": TOKEN, "poll_seconds": 0.05, **config}
+    return TestClient(create_app(ServeConfig(indexes=(str(path),), **settings)))
+
+
+def _close(got, want, where="$"):
+    """Equal JSON values, floats within 1e-5 (the HTTP and library embeddings may differ in the
+    last bits: the server batches the images differently)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for key in want:
+            _close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list | tuple):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            _close(a, b, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(want, bool):
+        assert got == pytest.approx(want, abs=1e-5), where
+    else:
+        assert got == want, where
+
+
+def _files_digest(path: Path) -> dict[str, str]:
+    folder = path.resolve()
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _png(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_query_check_compare_equal_the_library(index_path, mnist_test):
+    index = Index.open(index_path)
+    images = mnist_test.images[500:504]
+    with _client(index_path) as client:
+        body = {"images": [{"pixels": image.tolist()} for image in images], "k": 3}
+        reply = client.post("/v1/indexes/idx/query", json=body)
+        assert reply.status_code == 200 and set(reply.json()) == {"result", "time"}
+        want = to_json(index.query(images, k=3, names=[f"images[{i}]" for i in range(4)]))
+        _close(reply.json()["result"], want)
+        assert_schema(reply.json()["result"], schemas.QUERY)
+
+        classes = [str((mnist_test.labels[500 + i] + i % 2) % 10) for i in range(4)]
+        truth = [str(v) for v in mnist_test.labels[500:504]]
+        claims = [
+            {"image": {"png": _png(image)}, "class": c, "true_class": t}
+            for image, c, t in zip(images, classes, truth, strict=True)
+        ]
+        reply = client.post("/v1/indexes/idx/check", json={"claims": claims, "per_class": True})
+        names = [f"claims[{i}]" for i in range(4)]
+        results = index.check(images, classes, True, names, truth)
+        _close(
+            reply.json()["result"],
+            {"results": to_json(results), "summary": membership_summary(results)},
+        )
+        assert_schema(reply.json()["result"], schemas.CHECK)
+
+        reply = client.post(
+            "/v1/indexes/idx/compare",
+            json={"first": {"ref": "mnist:test:500"}, "second": {"ref": "mnist:test:501"}},
+        )
+        want = to_json(index.compare(images[0], images[1], ("first", "second")))
+        _close(reply.json()["result"], want)
+        assert_schema(reply.json()["result"], schemas.COMPARE)
+
+        info = client.get("/v1/indexes/idx").json()["result"]
+        assert_schema(info, {**schemas.INFO, "generation": int})
+        assert client.get("/v1/indexes").json()["result"] == [info]
+
+
+def test_writes_need_the_token_and_are_followed(index_path, mnist_test):
+    before = _files_digest(index_path)
+    with _client(index_path) as client:
+        add = {"images": [{"ref": "mnist:test:600"}], "class": "3"}
+        assert client.post("/v1/indexes/idx/add", json=add).status_code == 401
+        wrong = {"Authorization": "Bearer not-the-token-at-all"}
+        assert client.post("/v1/indexes/idx/add", json=add, headers=wrong).status_code == 403
+        assert _files_digest(index_path) == before
+        reply = client.post("/v1/indexes/idx/add", json=add, headers=AUTH)
+        assert reply.status_code == 200
+        assert_schema(reply.json()["result"], schemas.ADD)
+        assert reply.json()["result"]["ids"] == [300] and reply.json()["result"]["count"] == 301
+        # Served at once: the added image is its own nearest match.
+        found = client.post(
+            "/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:600"}], "k": 1}
+        )
+        assert found.json()["result"][0]["matches"][0]["id"] == 300
+        removed = client.post("/v1/indexes/idx/remove", json={"ids": [300, 7]}, headers=AUTH)
+        assert_schema(removed.json()["result"], schemas.REMOVE)
+        assert removed.json()["result"] == {
+            "index": str(index_path),
+            "removed": [7, 300],
+            "count": 299,
+        }
+        assert client.get("/readyz").json()["result"]["generations"] == {"idx": 3}
+        # A write from outside (the CLI, another process) is followed by the watcher.
+        Index.open(index_path).remove([8])
+        deadline = time.monotonic() + 20
+        while client.get("/v1/indexes/idx").json()["result"]["count"] != 298:
+            assert time.monotonic() < deadline, "the new bundle was never served"
+            time.sleep(0.05)
+    with _client(index_path, token=None) as client:
+        reply = client.post("/v1/indexes/idx/remove", json={"ids": [9]}, headers=AUTH)
+        assert reply.status_code == 403 and "start it with --token-file" in reply.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "route, body, status, message",
+    [
+        ("query", {"images": []}, 422, "images: List should have at least 1 item"),
+        ("query", {"images": [{"png": "abc"}]}, 422, "images[0]: png is not valid base64"),
+        ("query", {"images": [{"png": "iVBORw0KGgo="}]}, 422, "not a readable PNG/JPEG"),
+        ("query", {"images": [{"pixels": [[1, 2]]}]}, 422, "pixels must be 28 rows"),
+        ("query", {"images": [{"pixels": [[float("nan")] * 28] * 28}]}, 422, "not NaN or infinity"),
+        ("query", {"images": [{"ref": "mnist:test:0"}], "k": 301}, 422, "k must be between 1"),
+        ("query", {"images": [{"ref": "mnist:test:0"}], "nprobe": 2}, 422, "nprobe applies to IVF"),
+        ("query", {"images": [{"ref": "../../etc/passwd"}]}, 422, "is not a dataset item"),
+        ("query", {"images": [{"ref": "mnist:test:0"}], "extra": 1}, 422, "extra: Extra inputs"),
+        ("check", {"claims": [{"image": REF0, "class": "eleven"}]}, 422, "Unknown class 'eleven'"),
+        ("check", {"claims": [{"image": REF0}]}, 422, "claims.0.class: Field required"),
+        ("compare", {"first": {"ref": "mnist:test:0"}}, 422, "second: Field required"),
+        ("nothere", {}, 404, "No route POST /v1/indexes/idx/nothere"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_one_line_4xx_and_change_nothing(index_path, route, body, status, message):
+    before = _files_digest(index_path)
+    with _client(index_path) as client:
+        raw = json.dumps(body).encode()  # NaN goes out as the token NaN, which Python reads
+        reply = client.post(
+            f"/v1/indexes/idx/{route}", content=raw, headers={"content-type": "application/json"}
+        )
+    assert reply.status_code == status, reply.text
+    assert set(reply.json()) == {"error"} and message in reply.json()["error"]
+    assert "\n" not in reply.json()["error"]
+    assert _files_digest(index_path) == before
+
+
+def test_limits_and_unknown_index(index_path, mnist_test):
+    limits = Limits(max_body_bytes=20_000, max_images=3, max_image_side=64)
+    with _client(index_path, limits=limits) as client:
+        many = {"images": [{"ref": f"mnist:test:{i}"} for i in range(4)]}
+        reply = client.post("/v1/indexes/idx/query", json=many)
+        assert (
+            reply.status_code == 413
+            and "4 images in one request; at most 3" in reply.json()["error"]
+        )
+        big = {"images": [{"pixels": mnist_test.images[0].tolist()}] * 3, "k": 1}
+        big["pad"] = "x" * 30_000
+        reply = client.post("/v1/indexes/idx/query", json=big)
+        assert reply.status_code == 413 and "over 20000 bytes" in reply.json()["error"]
+        huge = {"images": [{"png": _png(np.zeros((100, 20), np.uint8))}]}
+        reply = client.post("/v1/indexes/idx/query", json=huge)
+        assert reply.status_code == 422 and "at most 64 px a side" in reply.json()["error"]
+        reply = client.post("/v1/indexes/other/query", json={"images": [{"ref": "mnist:test:0"}]})
+        assert reply.status_code == 404 and "served: idx" in reply.json()["error"]
+        assert client.get("/v1/indexes/idx/images/99999.png").status_code == 404
+
+
+def test_probes_metrics_docs_and_page_work_offline(index_path):
+    with _client(index_path) as client:
+        assert client.get("/healthz").json()["result"] == {"status": "alive"}
+        assert client.get("/readyz").json()["result"] == {"ready": True, "generations": {"idx": 1}}
+        client.post("/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:0"}]})
+        metrics = client.get("/metrics").text
+        route = 'route="/v1/indexes/{name}/query"'
+        assert f'siamindex_requests_total{{method="POST",{route},status="200"}} 1.0' in metrics
+        assert "siamindex_batch_images_count 1.0" in metrics  # one encoder call, the query's
+        assert 'siamindex_index_generation{index="idx"} 1.0' in metrics
+        schema = client.get("/openapi.json").json()
+        assert {"/v1/indexes/{name}/query", "/v1/indexes/{name}/check", "/v1/prepare"} <= set(
+            schema["paths"]
+        )
+        for page in ("/docs", "/"):
+            text = client.get(page).text
+            assert "http://" not in text.replace("http://www.w3.org", "") and "https://" not in text
+        assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+        png = client.get("/v1/indexes/idx/images/5.png")
+        assert png.headers["content-type"] == "image/png"
+        assert np.array_equal(
+            np.asarray(Image.open(io.BytesIO(png.content))),
+            Index.open(index_path).stored_images(np.array([5]))[0],
+        )
+
+
+def test_serve_as_a_process_answers_and_stops_gracefully_on_sigterm(index_path, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with running_server(index_path, "--token-file", str(token_file)) as (process, base):
+        reply = httpx.post(
+            f"{base}/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:0"}]}
+        )
+        assert reply.status_code == 200 and reply.json()["result"][0]["matches"][0]["id"] == 0
+        # A large check in flight when SIGTERM arrives still completes.
+        claims = [
+            {"image": {"ref": f"mnist:test:{i % 10000}"}, "class": "1"} for i in range(20_000)
+        ]
+        answer: dict[str, object] = {}
+
+        def send() -> None:
+            response = httpx.post(
+                f"{base}/v1/indexes/idx/check", json={"claims": claims}, timeout=60
+            )
+            answer.update(
+                status=response.status_code,
+                count=len(response.json()["result"]["results"]),
+                at=time.monotonic(),
+            )
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(0.15)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        sender.join(60)
+        _, stderr = process.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit -SIGTERM).
+    assert process.returncode in (0, -signal.SIGTERM), stderr[-2000:]
+    assert answer["status"] == 200 and answer["count"] == 20_000
+    assert answer["at"] > signalled  # it was in flight when the signal came
+    assert TOKEN not in stderr and "Traceback" not in stderr
