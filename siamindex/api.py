@@ -277,16 +277,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         authorize(request, write=False)
         current = served(name)
         pixels = await images_of(body.images, body.prepare)
-        vectors = await current.batcher.submit(pixels)
-        results = await asyncio.to_thread(
-            current.index.query_vectors,
-            vectors,
-            body.k,
-            [f"images[{i}]" for i in range(len(pixels))],
-            body.nprobe,
-            body.ef_search,
-        )
-        return envelope(to_json(results), started)
+        current.index.check_k(body.k)  # before any work
+        batcher = current.query_batcher(body.k, body.nprobe, body.ef_search)
+        results = await batcher.submit(pixels)
+        names = [f"images[{i}]" for i in range(len(pixels))]
+        return envelope(to_json([r.named(n) for r, n in zip(results, names, strict=True)]), started)
 
     @app.post("/v1/indexes/{name}/check")
     async def check(name: str, body: CheckBody, request: Request) -> Response:

@@ -4,8 +4,9 @@ Each request submits its images and awaits their vectors. One worker takes the f
 request, gathers more until ``max_batch`` images are waiting or ``max_wait`` seconds have passed
 since that first one, runs the encoder once on all of them (in a thread, so the event loop stays
 free), and hands each request its own rows. A request larger than ``max_batch`` is embedded
-alone, in chunks of the encoder's own batch size. Nothing here knows HTTP or Keras: the encoder
-is a plain callable, (n, 28, 28) uint8 -> (n, d) float32.
+alone, in chunks of the encoder's own batch size. Nothing here knows HTTP or Keras: the work is a
+plain callable of a batch of images whose answer has one row per image, such as the encoder,
+(n, 28, 28) uint8 -> (n, d) float32, or embedding and searching together (a list of results).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-Embed = Callable[[np.ndarray], np.ndarray]
+Embed = Callable[[np.ndarray], Any]  # one row (array row or list item) per image
 
 
 @dataclass
@@ -37,14 +39,14 @@ class BatchStats:
 @dataclass
 class _Job:
     images: np.ndarray
-    done: asyncio.Future[np.ndarray]
+    done: asyncio.Future[Any]
 
 
 class MicroBatcher:
     """Embed concurrent requests' images in shared encoder calls.
 
     Args:
-        embed: the encoder, (n, 28, 28) uint8 -> (n, d) float32.
+        embed: the work, e.g. the encoder, (n, 28, 28) uint8 -> (n, d) float32.
         max_batch: at most this many images per encoder call (a larger request goes alone).
         max_wait: seconds the worker waits for more requests after the first one arrives.
         on_batch: called with the size of every encoder call (metrics).
@@ -69,8 +71,9 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task[None] | None = None
 
-    async def submit(self, images: np.ndarray) -> np.ndarray:
-        """The vectors of ``images`` ((n, 28, 28) uint8), embedded with other requests' images."""
+    async def submit(self, images: np.ndarray) -> Any:
+        """The answer for ``images`` ((n, 28, 28) uint8), computed with other requests' images:
+        the rows of the shared answer that are this request's."""
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
             self._worker = asyncio.get_running_loop().create_task(self._run(self._queue))

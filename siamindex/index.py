@@ -170,7 +170,7 @@ class Index:
             DataError: k is not between 1 and the index size.
             BadSearchSetting: nprobe or ef_search does not apply to this index type.
         """
-        self._check_k(k)  # before the slow part
+        self.check_k(k)  # before the slow part
         vectors = self.embed(images, progress=progress)
         return self.query_vectors(vectors, k, names, nprobe=nprobe, ef_search=ef_search)
 
@@ -183,7 +183,7 @@ class Index:
         ef_search: int | None = None,
     ) -> list[QueryResult]:
         """``query`` for images already embedded with this index's encoder ((n, d) float32)."""
-        self._check_k(k)
+        self.check_k(k)
         names = list(names) if names is not None else [str(i) for i in range(len(vectors))]
         return nearest(
             self.store, self.partition, vectors, names, k, nprobe=nprobe, ef_search=ef_search
@@ -231,7 +231,8 @@ class Index:
             self.store, self.partition, vectors, names, claimed, per_class, truth
         )
 
-    def _check_k(self, k: int) -> None:
+    def check_k(self, k: int) -> None:
+        """Raises DataError unless 1 <= k <= the index size."""
         if not 1 <= k <= len(self.store.rows):
             raise DataError(
                 f"k must be between 1 and the index size ({len(self.store.rows)}); got {k}."

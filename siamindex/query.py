@@ -7,7 +7,7 @@ without TensorFlow and can be tested with any vectors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,11 @@ class QueryResult:
     threshold: float
     matches: list[Match]
     probability: float | None = None
+
+    def named(self, query: str) -> QueryResult:
+        """The same result for a query called ``query``."""
+        matches = [replace(match, query=query) for match in self.matches]
+        return replace(self, query=query, matches=matches)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,12 @@ class Limits:
 
 @dataclass
 class Served:
-    """One generation of a served index: the open index and its batcher."""
+    """One generation of a served index: the open index and its batchers.
+
+    ``batcher`` embeds (check, compare, add); single-image queries go through ``query_batcher``,
+    which embeds and searches concurrent queries together: a flat FAISS search of many queries
+    at once runs as one matrix product, several times faster per query than one by one.
+    """
 
     name: str
     index: Index
@@ -63,10 +68,34 @@ class Served:
     generation: int
     encoder_sha256: str
     opened: float = field(default_factory=time.time)
+    _query_batchers: dict[tuple[int, int | None, int | None], MicroBatcher] = field(
+        default_factory=dict
+    )
 
     @property
     def folder(self) -> Path:
         return self.index.folder
+
+    def query_batcher(self, k: int, nprobe: int | None, ef_search: int | None) -> MicroBatcher:
+        """The batcher of queries with these search settings (answers: one QueryResult per
+        image, named by its row in the batch)."""
+        key = (k, nprobe, ef_search)
+        if key not in self._query_batchers:
+            index = self.index
+
+            def run(images: np.ndarray) -> list[Any]:
+                return index.query_vectors(index.embed(images), k, None, nprobe, ef_search)
+
+            batcher = self.batcher
+            self._query_batchers[key] = MicroBatcher(
+                run, batcher.max_batch, batcher.max_wait, batcher.on_batch
+            )
+        return self._query_batchers[key]
+
+    async def close(self) -> None:
+        """Stop this generation's query workers once their queued requests are answered."""
+        for batcher in self._query_batchers.values():
+            await batcher.close()
 
 
 class IndexHolder:
@@ -113,7 +142,9 @@ class IndexHolder:
                 served = await asyncio.to_thread(self._open_and_warm)
             finally:
                 self.warming = None
-            self.current = served
+            previous, self.current = self.current, served
+            if previous is not None:  # its requests still finish; its idle workers stop
+                asyncio.get_running_loop().create_task(previous.close())
             logger.info(
                 "serving %s generation %d (%s)", self.name, served.generation, served.folder.name
             )

@@ -93,6 +93,20 @@ def fake_index(tmp_path: Path, fake_bundle: Path, fake_encoder):
     return Index.open(target, embed=fake_encoder)
 
 
+def chromium_or_skip() -> str:
+    """Debian's chromium for the browser tests: skipped where it is missing, but a failure in CI
+    (CI=true), so that a missing install step cannot pass unseen."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        message = "Debian's chromium is not installed: apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
 def brute_force(stored: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(distances, rows) of the k nearest stored rows of each query, by NumPy."""
     distances = np.linalg.norm(queries[:, None, :] - stored[None, :, :], axis=2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 
@@ -117,9 +116,9 @@ def test_without_matplotlib_the_command_says_how_to_install_it(reported, tmp_pat
 
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(reported, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from conftest import chromium_or_skip
+
+    browser = chromium_or_skip()
     _, written = reported
     shot = tmp_path / "shot.png"
     subprocess.run(
