@@ -21,7 +21,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +36,7 @@ from siamindex.errors import (
     SiamIndexError,
 )
 from siamindex.query import Added, Removed, membership_summary, to_json
-from siamindex.service import IndexHolder, Limits, Served, index_key
+from siamindex.service import IndexHolder, Limits, Served, decode_upload, index_key
 
 logger = logging.getLogger(__name__)
 Prepare = Literal["auto", "mnist", "none"]
@@ -281,6 +281,34 @@ def create_app(config: ServeConfig) -> FastAPI:
         batcher = current.query_batcher(body.k, body.nprobe, body.ef_search)
         results = await batcher.submit(pixels)
         names = [f"images[{i}]" for i in range(len(pixels))]
+        return envelope(to_json([r.named(n) for r, n in zip(results, names, strict=True)]), started)
+
+    @app.post("/v1/indexes/{name}/query/files")
+    async def query_files(
+        name: str,
+        request: Request,
+        images: list[UploadFile] = File(..., description="PNG, JPEG or .npy files"),  # noqa: B008
+        k: int = Form(5, ge=1),  # noqa: B008
+        prepare: Prepare = Form("auto"),  # noqa: B008
+    ) -> Response:
+        """``query`` with images uploaded as multipart files (named by their file names)."""
+        started = time.perf_counter()
+        authorize(request, write=False)
+        current = served(name)
+        if len(images) > config.limits.max_images:
+            raise ApiError(413, f"{len(images)} files; at most {config.limits.max_images}.")
+        current.index.check_k(k)
+        raws = [await upload.read() for upload in images]
+        names = [upload.filename or f"images[{i}]" for i, upload in enumerate(images)]
+        pixels = await asyncio.to_thread(
+            lambda: np.stack(
+                [
+                    decode_upload(raw, n, prepare, config.limits)
+                    for raw, n in zip(raws, names, strict=True)
+                ]
+            )
+        )
+        results = await current.query_batcher(k, None, None).submit(pixels)
         return envelope(to_json([r.named(n) for r, n in zip(results, names, strict=True)]), started)
 
     @app.post("/v1/indexes/{name}/check")

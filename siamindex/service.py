@@ -233,6 +233,16 @@ def decode_request_image(spec: dict[str, Any], where: str, prepare: str, limits:
     return decode_image_bytes(raw, where, prepare)
 
 
+def decode_upload(raw: bytes, where: str, prepare: str, limits: Limits) -> Any:
+    """An uploaded file (multipart): PNG/JPEG bytes, or a .npy array of one image.
+
+    Raises:
+        DataError: neither, or not one readable image.
+    """
+    kind = "npy" if raw[:6] == b"\x93NUMPY" else "png"
+    return decode_request_image({kind: base64.b64encode(raw).decode()}, where, prepare, limits)
+
+
 def _base64(value: Any, where: str, kind: str) -> bytes:
     if not isinstance(value, str):
         raise DataError(f"{where}: {kind} must be a base64 string.")

@@ -126,6 +126,25 @@ def test_query_check_compare_equal_the_library(index_path, mnist_test):
         assert client.get("/v1/indexes").json()["result"] == [info]
 
 
+def test_query_with_uploaded_files(index_path, mnist_test):
+    index = Index.open(index_path)
+    digit, other = mnist_test.images[510], mnist_test.images[511]
+    buffer = io.BytesIO()
+    np.save(buffer, other)
+    files = [
+        ("images", ("seven.png", base64.b64decode(_png(digit)), "image/png")),
+        ("images", ("other.npy", buffer.getvalue(), "application/octet-stream")),
+    ]
+    with _client(index_path) as client:
+        reply = client.post("/v1/indexes/idx/query/files", files=files, data={"k": "2"})
+        assert reply.status_code == 200, reply.text
+        want = to_json(index.query(np.stack([digit, other]), k=2, names=["seven.png", "other.npy"]))
+        _close(reply.json()["result"], want)
+        bad = [("images", ("x.png", b"not an image", "image/png"))]
+        reply = client.post("/v1/indexes/idx/query/files", files=bad)
+        assert reply.status_code == 422 and "x.png" in reply.json()["error"]
+
+
 def test_writes_need_the_token_and_are_followed(index_path, mnist_test):
     before = _files_digest(index_path)
     with _client(index_path) as client:
