@@ -93,6 +93,34 @@ def fake_index(tmp_path: Path, fake_bundle: Path, fake_encoder):
     return Index.open(target, embed=fake_encoder)
 
 
+TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, small_idx_dir: Path) -> Path:
+    """An index of the 300 small test images built once with the tiny real (Keras) encoder;
+    tests that change it take ``tiny_index`` (a private copy)."""
+    from siamindex.build import BuildSettings, build_index
+
+    path = tmp_path_factory.mktemp("tiny-bundle") / "idx"
+    settings = BuildSettings(
+        encoder=TINY_ENCODER, index=path, data_dir=small_idx_dir, splits=("test",), progress=False
+    )
+    build_index(settings)
+    return path
+
+
+@pytest.fixture
+def tiny_index(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_bundle`` (the name link plus its bundle folder): its path."""
+    import shutil
+
+    folder = tiny_bundle.resolve()
+    shutil.copytree(folder, tmp_path / folder.name)
+    (tmp_path / "idx").symlink_to(folder.name)
+    return tmp_path / "idx"
+
+
 def chromium_or_skip() -> str:
     """Debian's chromium for the browser tests: skipped where it is missing, but a failure in CI
     (CI=true), so that a missing install step cannot pass unseen."""

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import io
 import json
-import shutil
 import signal
 import threading
 import time
@@ -25,33 +24,13 @@ from schemas import assert_schema
 from serving import running_server
 
 from siamindex.api import ServeConfig, create_app
-from siamindex.build import BuildSettings, build_index
 from siamindex.index import Index
 from siamindex.query import membership_summary, to_json
 from siamindex.service import Limits
 
-TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 REF0 = {"ref": "mnist:test:0"}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, small_idx_dir) -> Path:
-    path = tmp_path_factory.mktemp("api") / "idx"
-    settings = BuildSettings(
-        encoder=TINY_ENCODER, index=path, data_dir=small_idx_dir, splits=("test",), progress=False
-    )
-    build_index(settings)
-    return path
-
-
-@pytest.fixture
-def index_path(built, tmp_path) -> Path:
-    folder = built.resolve()
-    shutil.copytree(folder, tmp_path / folder.name)
-    (tmp_path / "idx").symlink_to(folder.name)
-    return tmp_path / "idx"
 
 
 def _client(path: Path, **config) -> TestClient:
@@ -87,10 +66,10 @@ def _png(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_query_check_compare_equal_the_library(index_path, mnist_test):
-    index = Index.open(index_path)
+def test_query_check_compare_equal_the_library(tiny_index, mnist_test):
+    index = Index.open(tiny_index)
     images = mnist_test.images[500:504]
-    with _client(index_path) as client:
+    with _client(tiny_index) as client:
         body = {"images": [{"pixels": image.tolist()} for image in images], "k": 3}
         reply = client.post("/v1/indexes/idx/query", json=body)
         assert reply.status_code == 200 and set(reply.json()) == {"result", "time"}
@@ -126,8 +105,8 @@ def test_query_check_compare_equal_the_library(index_path, mnist_test):
         assert client.get("/v1/indexes").json()["result"] == [info]
 
 
-def test_query_with_uploaded_files(index_path, mnist_test):
-    index = Index.open(index_path)
+def test_query_with_uploaded_files(tiny_index, mnist_test):
+    index = Index.open(tiny_index)
     digit, other = mnist_test.images[510], mnist_test.images[511]
     buffer = io.BytesIO()
     np.save(buffer, other)
@@ -135,7 +114,7 @@ def test_query_with_uploaded_files(index_path, mnist_test):
         ("images", ("seven.png", base64.b64decode(_png(digit)), "image/png")),
         ("images", ("other.npy", buffer.getvalue(), "application/octet-stream")),
     ]
-    with _client(index_path) as client:
+    with _client(tiny_index) as client:
         reply = client.post("/v1/indexes/idx/query/files", files=files, data={"k": "2"})
         assert reply.status_code == 200, reply.text
         want = to_json(index.query(np.stack([digit, other]), k=2, names=["seven.png", "other.npy"]))
@@ -145,14 +124,14 @@ def test_query_with_uploaded_files(index_path, mnist_test):
         assert reply.status_code == 422 and "x.png" in reply.json()["error"]
 
 
-def test_writes_need_the_token_and_are_followed(index_path, mnist_test):
-    before = _files_digest(index_path)
-    with _client(index_path) as client:
+def test_writes_need_the_token_and_are_followed(tiny_index, mnist_test):
+    before = _files_digest(tiny_index)
+    with _client(tiny_index) as client:
         add = {"images": [{"ref": "mnist:test:600"}], "class": "3"}
         assert client.post("/v1/indexes/idx/add", json=add).status_code == 401
         wrong = {"Authorization": "Bearer not-the-token-at-all"}
         assert client.post("/v1/indexes/idx/add", json=add, headers=wrong).status_code == 403
-        assert _files_digest(index_path) == before
+        assert _files_digest(tiny_index) == before
         reply = client.post("/v1/indexes/idx/add", json=add, headers=AUTH)
         assert reply.status_code == 200
         assert_schema(reply.json()["result"], schemas.ADD)
@@ -165,18 +144,18 @@ def test_writes_need_the_token_and_are_followed(index_path, mnist_test):
         removed = client.post("/v1/indexes/idx/remove", json={"ids": [300, 7]}, headers=AUTH)
         assert_schema(removed.json()["result"], schemas.REMOVE)
         assert removed.json()["result"] == {
-            "index": str(index_path),
+            "index": str(tiny_index),
             "removed": [7, 300],
             "count": 299,
         }
         assert client.get("/readyz").json()["result"]["generations"] == {"idx": 3}
         # A write from outside (the CLI, another process) is followed by the watcher.
-        Index.open(index_path).remove([8])
+        Index.open(tiny_index).remove([8])
         deadline = time.monotonic() + 20
         while client.get("/v1/indexes/idx").json()["result"]["count"] != 298:
             assert time.monotonic() < deadline, "the new bundle was never served"
             time.sleep(0.05)
-    with _client(index_path, token=None) as client:
+    with _client(tiny_index, token=None) as client:
         reply = client.post("/v1/indexes/idx/remove", json={"ids": [9]}, headers=AUTH)
         assert reply.status_code == 403 and "start it with --token-file" in reply.json()["error"]
 
@@ -199,9 +178,9 @@ def test_writes_need_the_token_and_are_followed(index_path, mnist_test):
         ("nothere", {}, 404, "No route POST /v1/indexes/idx/nothere"),
     ],
 )  # fmt: skip
-def test_bad_requests_get_one_line_4xx_and_change_nothing(index_path, route, body, status, message):
-    before = _files_digest(index_path)
-    with _client(index_path) as client:
+def test_bad_requests_get_one_line_4xx_and_change_nothing(tiny_index, route, body, status, message):
+    before = _files_digest(tiny_index)
+    with _client(tiny_index) as client:
         raw = json.dumps(body).encode()  # NaN goes out as the token NaN, which Python reads
         reply = client.post(
             f"/v1/indexes/idx/{route}", content=raw, headers={"content-type": "application/json"}
@@ -209,12 +188,12 @@ def test_bad_requests_get_one_line_4xx_and_change_nothing(index_path, route, bod
     assert reply.status_code == status, reply.text
     assert set(reply.json()) == {"error"} and message in reply.json()["error"]
     assert "\n" not in reply.json()["error"]
-    assert _files_digest(index_path) == before
+    assert _files_digest(tiny_index) == before
 
 
-def test_limits_and_unknown_index(index_path, mnist_test):
+def test_limits_and_unknown_index(tiny_index, mnist_test):
     limits = Limits(max_body_bytes=20_000, max_images=3, max_image_side=64)
-    with _client(index_path, limits=limits) as client:
+    with _client(tiny_index, limits=limits) as client:
         many = {"images": [{"ref": f"mnist:test:{i}"} for i in range(4)]}
         reply = client.post("/v1/indexes/idx/query", json=many)
         assert (
@@ -233,8 +212,8 @@ def test_limits_and_unknown_index(index_path, mnist_test):
         assert client.get("/v1/indexes/idx/images/99999.png").status_code == 404
 
 
-def test_probes_metrics_docs_and_page_work_offline(index_path):
-    with _client(index_path) as client:
+def test_probes_metrics_docs_and_page_work_offline(tiny_index):
+    with _client(tiny_index) as client:
         assert client.get("/healthz").json()["result"] == {"status": "alive"}
         assert client.get("/readyz").json()["result"] == {"ready": True, "generations": {"idx": 1}}
         client.post("/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:0"}]})
@@ -255,14 +234,14 @@ def test_probes_metrics_docs_and_page_work_offline(index_path):
         assert png.headers["content-type"] == "image/png"
         assert np.array_equal(
             np.asarray(Image.open(io.BytesIO(png.content))),
-            Index.open(index_path).stored_images(np.array([5]))[0],
+            Index.open(tiny_index).stored_images(np.array([5]))[0],
         )
 
 
-def test_serve_as_a_process_answers_and_stops_gracefully_on_sigterm(index_path, tmp_path):
+def test_serve_as_a_process_answers_and_stops_gracefully_on_sigterm(tiny_index, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    with running_server(index_path, "--token-file", str(token_file)) as (process, base):
+    with running_server(tiny_index, "--token-file", str(token_file)) as (process, base):
         reply = httpx.post(
             f"{base}/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:0"}]}
         )

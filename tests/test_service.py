@@ -5,38 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import shutil
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from siamindex.build import BuildSettings, build_index
 from siamindex.errors import DataError
 from siamindex.index import Index
 from siamindex.service import ImageTooLarge, IndexHolder, Limits, decode_request_image
-
-TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, small_idx_dir) -> Path:
-    path = tmp_path_factory.mktemp("served") / "idx"
-    settings = BuildSettings(
-        encoder=TINY_ENCODER, index=path, data_dir=small_idx_dir, splits=("test",), progress=False
-    )
-    build_index(settings)
-    return path
-
-
-@pytest.fixture
-def index_copy(built, tmp_path) -> Path:
-    folder = built.resolve()
-    shutil.copytree(folder, tmp_path / folder.name)
-    (tmp_path / "idx").symlink_to(folder.name)
-    return tmp_path / "idx"
 
 
 def _b64(raw: bytes) -> str:
@@ -102,14 +79,14 @@ def test_an_image_over_the_side_limit_is_refused_before_decoding():
         decode_request_image({"png": _b64(huge)}, "images[0]", "auto", Limits(max_image_side=100))
 
 
-def test_a_new_bundle_is_swapped_in_and_old_requests_finish_on_theirs(index_copy, mnist_test):
-    holder = IndexHolder(str(index_copy), max_batch=32, max_wait=0.001)
+def test_a_new_bundle_is_swapped_in_and_old_requests_finish_on_theirs(tiny_index, mnist_test):
+    holder = IndexHolder(str(tiny_index), max_batch=32, max_wait=0.001)
 
     async def main():
         first = await holder.load()
         queries = await first.batcher.submit(mnist_test.images[:5])
-        Index.open(index_copy).add(mnist_test.images[400:401], "4")  # another process writes
-        Index.open(index_copy).remove([1])
+        Index.open(tiny_index).add(mnist_test.images[400:401], "4")  # another process writes
+        Index.open(tiny_index).remove([1])
         assert await holder.refresh() and not await holder.refresh()  # once per new bundle
         second = holder.current
         # The old generation still answers from what it loaded (its folder may be pruned).
@@ -126,8 +103,8 @@ def test_a_new_bundle_is_swapped_in_and_old_requests_finish_on_theirs(index_copy
     }
 
 
-def test_not_ready_while_a_new_bundle_warms(index_copy, mnist_test, monkeypatch):
-    holder = IndexHolder(str(index_copy))
+def test_not_ready_while_a_new_bundle_warms(tiny_index, mnist_test, monkeypatch):
+    holder = IndexHolder(str(tiny_index))
     release = threading.Event()
     original = IndexHolder._open_and_warm
 
@@ -138,7 +115,7 @@ def test_not_ready_while_a_new_bundle_warms(index_copy, mnist_test, monkeypatch)
     async def main():
         await holder.load()
         monkeypatch.setattr(IndexHolder, "_open_and_warm", slow)
-        Index.open(index_copy).remove([2])
+        Index.open(tiny_index).remove([2])
         task = asyncio.create_task(holder.refresh())
         while holder.warming is None:
             await asyncio.sleep(0.005)
