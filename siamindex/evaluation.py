@@ -148,31 +148,28 @@ def calibrate(
     distances, classes, truth = distances[usable], classes[usable], truth[usable]
     is_unlike = is_unlike[usable]
 
-    def pick(d: np.ndarray, t: np.ndarray, floor: float | None) -> tuple[float, bool]:
-        """The threshold by the rule, and whether the precision target (if any) was met."""
+    def pick(d: np.ndarray, t: np.ndarray, floor: float | None) -> float:
+        """The precision target's threshold where it is reachable, else max F1 (then the floor)."""
         if target_precision is not None:
             found = metrics.precision_at_target(d, t, target_precision)
             if found is not None:
-                return found, True
+                return found
         found = metrics.max_f1_threshold(d, t)[0]
-        if floor is not None:
-            found = max(found, metrics.smallest_threshold_for_recall(d, t, floor))
-        return found, target_precision is None
+        return found if floor is None else max(found, smallest_for_recall(d, t, floor))
 
-    # A precision target replaces the recall floor: raising the threshold would undo it.
-    threshold, reached = pick(distances, truth, None if target_precision else min_recall)
-    floor = min_recall if not (target_precision and reached) else None
-    if not reached:
-        threshold, _ = pick(distances, truth, min_recall)
+    smallest_for_recall = metrics.smallest_threshold_for_recall
+    reached = target_precision is not None and (
+        metrics.precision_at_target(distances, truth, target_precision) is not None
+    )
+    # A precision target met replaces the recall floor: raising the threshold would undo it.
+    floor = None if reached else min_recall
+    threshold = pick(distances, truth, floor)
     per_class = {
-        int(c): pick(distances[classes == c], truth[classes == c], floor)[0]
+        int(c): pick(distances[classes == c], truth[classes == c], floor)
         for c in np.unique(classes)
         if truth[classes == c].any() and (~truth[classes == c]).any()
     }
-    if target_precision is not None and reached:
-        rule = f"largest threshold with precision >= {target_precision}"
-    else:
-        rule = "max F1"
+    rule = f"largest threshold with precision >= {target_precision}" if reached else "max F1"
     if target_precision is not None and not reached:
         best = metrics.classification_summary(distances <= threshold, truth)["precision"]
         logger.warning(

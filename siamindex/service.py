@@ -29,7 +29,7 @@ from siamindex import bundle
 from siamindex.batcher import MicroBatcher
 from siamindex.data import decode_image_bytes
 from siamindex.embedding import embed_distinct
-from siamindex.errors import DataError, IndexNotFound
+from siamindex.errors import DataError
 from siamindex.index import Index
 from siamindex.inputs import load_one, pixels_from_array
 
@@ -173,7 +173,7 @@ class IndexHolder:
             await asyncio.sleep(every)
             try:
                 await self.refresh()
-            except (IndexNotFound, Exception) as exc:  # keep serving what we have
+            except Exception as exc:  # keep serving what we have, and say why once per try
                 logger.warning("index %s: not swapped (%s)", self.name, str(exc)[:200])
 
 
