@@ -179,6 +179,7 @@ def _make_store(
             source_index=np.concatenate([d.source_index for d in datasets]),
             image_sha256=image_hashes(images),
             embeddings=vectors,
+            images=images,
         )
         index = build_faiss_index(vectors, rows.ids, settings.index_type, settings.seed)
     min_recall = settings.min_recall or None  # 0 means no floor, as None does

@@ -277,14 +277,18 @@ class Index:
             ) from None
 
     def stored_images(self, rows: np.ndarray) -> list[np.ndarray | None]:
-        """The (28, 28) uint8 images of stored rows, read back from the dataset they were
-        built from; None for images added later or a dataset no longer there.
+        """The (28, 28) uint8 images of stored rows: the pixels the bundle keeps; for bundles
+        built before it kept them, read back from the dataset they were built from (None for
+        images added later, or a dataset no longer there).
 
         Raises:
             DataError: the source dataset cannot be read.
         """
         from siamindex.data import load_dataset
 
+        kept = self.store.image_rows(np.asarray(rows, dtype=np.int64))
+        if kept is not None:
+            return list(kept)
         source = self.facts.source
         cache: dict[str, Any] = {}
         out: list[np.ndarray | None] = []
@@ -352,6 +356,7 @@ class Index:
                 source_index=np.full(len(images), -1, dtype=np.int64),
                 image_sha256=image_hashes(images),
                 embeddings=vectors,
+                images=np.asarray(images, dtype=np.uint8),
             )
             return store.add(rows)
 
@@ -381,7 +386,7 @@ class Index:
         with bundle.writer_lock(self.path):
             bundle.adopt(self.path)  # a plain folder: read it where it will stay
             current = Index.open(self.path)  # re-read under the lock: another writer may have won
-            updated = change(current.store)
+            updated = change(current.store.with_images())  # the pixels go on to the new bundle
             encoder_file = current.folder / bundle.ENCODER_FILE
             report = current.folder / bundle.TRAINING_FILE
             folder = bundle.publish(

@@ -117,6 +117,8 @@ class Rows:
         source_index: (n,) int64 row of the image in its source (-1 when added by hand).
         image_sha256: (n,) str hex digest of the 28x28 uint8 image bytes.
         embeddings: (n, embedding_dim) float32.
+        images: (n, 28, 28) uint8 pixels, when in memory (``IndexStore.with_images``); None
+            when not read (or not kept, in bundles built before they were).
     """
 
     ids: np.ndarray
@@ -125,15 +127,22 @@ class Rows:
     source_index: np.ndarray
     image_sha256: np.ndarray
     embeddings: np.ndarray
+    images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
     def take(self, rows: np.ndarray) -> Rows:
-        return Rows(*(getattr(self, name)[rows] for name in _ROW_FIELDS))
+        images = None if self.images is None else self.images[rows]
+        return Rows(**{name: getattr(self, name)[rows] for name in _ROW_FIELDS}, images=images)
 
     def concat(self, other: Rows) -> Rows:
-        return Rows(*(np.concatenate([getattr(self, n), getattr(other, n)]) for n in _ROW_FIELDS))
+        """These rows, then ``other``'s; pixels only when both carry them."""
+        images = None
+        if self.images is not None and other.images is not None:
+            images = np.concatenate([self.images, other.images])
+        parts = {n: np.concatenate([getattr(self, n), getattr(other, n)]) for n in _ROW_FIELDS}
+        return Rows(**parts, images=images)
 
 
 _ROW_FIELDS = ("ids", "labels", "split", "source_index", "image_sha256", "embeddings")
@@ -160,6 +169,8 @@ class IndexStore:
         probability: (2, m) float64 breakpoints of the calibrated membership probability
             (``evaluation.membership_probability``); None in bundles built before it.
         manifest: the bundle's verified manifest, when read from disk.
+        images_file: the metadata file that holds the stored images' pixels, which are read
+            only when asked for (``image_rows``, ``with_images``); None when it holds none.
     """
 
     index: Any
@@ -169,6 +180,31 @@ class IndexStore:
     facts: IndexFacts
     probability: np.ndarray | None = None
     manifest: dict[str, Any] | None = None
+    images_file: Path | None = None
+
+    def with_images(self) -> IndexStore:
+        """A copy with every stored image's pixels in memory (writers need them all)."""
+        if self.rows.images is not None or self.images_file is None:
+            return self
+        import h5py
+
+        with h5py.File(self.images_file, "r") as handle:
+            pixels = handle["images"][()].astype(np.uint8)
+        return replace(self, rows=replace(self.rows, images=pixels))
+
+    def image_rows(self, rows: np.ndarray) -> np.ndarray | None:
+        """The (len(rows), 28, 28) uint8 pixels of stored rows, or None if none are kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.rows.images is not None:
+            return np.asarray(self.rows.images[rows])
+        if self.images_file is None:
+            return None
+        import h5py
+
+        order = np.unique(rows)  # h5py reads increasing indices
+        with h5py.File(self.images_file, "r") as handle:
+            found = handle["images"][order].astype(np.uint8)
+        return np.asarray(found[np.searchsorted(order, rows)])
 
     @property
     def embedding_dim(self) -> int:
@@ -278,6 +314,14 @@ class IndexStore:
             handle.create_dataset("source_index", data=self.rows.source_index)
             handle.create_dataset("image_sha256", data=self.rows.image_sha256.astype("S64"))
             handle.create_dataset("embeddings", data=self.rows.embeddings, dtype=np.float32)
+            if self.rows.images is not None and len(self.rows):
+                handle.create_dataset(
+                    "images",
+                    data=np.asarray(self.rows.images, dtype=np.uint8),
+                    chunks=(min(len(self.rows), 1024), 28, 28),
+                    compression="gzip",
+                    compression_opts=4,
+                )
             handle.create_dataset("class_names", data=list(self.class_names), dtype=strings)
             handle.create_dataset("class_thresholds", data=self.class_thresholds)
             if self.probability is not None:
@@ -298,7 +342,9 @@ class IndexStore:
         """
         import faiss
 
-        rows, class_names, thresholds, facts, probability = _read_metadata(folder / METADATA_FILE)
+        rows, class_names, thresholds, facts, probability, has_images = _read_metadata(
+            folder / METADATA_FILE
+        )
         if facts.format_version not in KNOWN_FORMAT_VERSIONS:
             raise IncompatibleIndex(
                 f"Index '{folder}' has format version {facts.format_version}; this siamindex "
@@ -322,12 +368,13 @@ class IndexStore:
                 f"embeddings {rows.embeddings.shape[1]}-d); rebuild it with its encoder: "
                 "`siamindex build-index --encoder PATH --force`."
             )
-        return cls(index, rows, class_names, thresholds, facts, probability, manifest)
+        images_file = folder / METADATA_FILE if has_images else None
+        return cls(index, rows, class_names, thresholds, facts, probability, manifest, images_file)
 
 
 def _read_metadata(
     path: Path,
-) -> tuple[Rows, tuple[str, ...], np.ndarray, IndexFacts, np.ndarray | None]:
+) -> tuple[Rows, tuple[str, ...], np.ndarray, IndexFacts, np.ndarray | None, bool]:
     import h5py
 
     try:
@@ -357,9 +404,10 @@ def _read_metadata(
                 if "membership_probability" in handle
                 else None
             )
+            has_images = "images" in handle and handle["images"].shape[0] == len(rows)
         facts = IndexFacts.from_attrs(attrs)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise IncompatibleIndex(
             f"Metadata '{path}' is unreadable or incomplete ({str(exc)[:120]}); rebuild the index."
         ) from None
-    return rows, class_names, thresholds, facts, probability
+    return rows, class_names, thresholds, facts, probability, has_images

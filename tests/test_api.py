@@ -136,6 +136,11 @@ def test_writes_need_the_token_and_are_followed(tiny_index, mnist_test):
         assert reply.status_code == 200
         assert_schema(reply.json()["result"], schemas.ADD)
         assert reply.json()["result"]["ids"] == [300] and reply.json()["result"]["count"] == 301
+        # Its pixels are kept in the bundle and served as PNG.
+        png = client.get("/v1/indexes/idx/images/300.png")
+        assert png.status_code == 200
+        added = np.asarray(Image.open(io.BytesIO(png.content)))
+        np.testing.assert_array_equal(added, mnist_test.images[600])
         # Served at once: the added image is its own nearest match.
         found = client.post(
             "/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:600"}], "k": 1}

@@ -267,3 +267,39 @@ def test_a_0_1_0_bundle_has_no_probability(tmp_path, mnist_test):
     index = Index.open(tmp_path / "old")
     assert index.store.probability is None
     assert index.check(mnist_test.images[:1], ["7"])[0].probability is None
+
+
+def test_the_bundle_keeps_every_stored_images_pixels(fake_index, mnist_test, monkeypatch):
+    from siamindex import data as data_module
+
+    small = data_module.load_dataset(fake_index.facts.source, "test")
+    assert fake_index.store.images_file is not None and fake_index.store.rows.images is None
+
+    # Read from the bundle, not from the dataset it was built from.
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the source dataset was read")
+
+    monkeypatch.setattr(data_module, "load_dataset", no_dataset)
+    rows = fake_index.store.rows_of(np.array([1000, 1299, 1005]))  # test rows 0, 299, 5
+    got = fake_index.stored_images(rows)
+    np.testing.assert_array_equal(np.stack(got), small.images[[0, 299, 5]])
+    # Added images keep their pixels too; removing rows keeps the others'.
+    (new_id,) = fake_index.add(mnist_test.images[4000:4001], "3")
+    fake_index.remove([1000])
+    reopened = Index.open(fake_index.path)
+    rows = reopened.store.rows_of(np.array([new_id, 1299]))
+    got = reopened.stored_images(rows)
+    np.testing.assert_array_equal(got[0], mnist_test.images[4000])
+    np.testing.assert_array_equal(got[1], small.images[299])
+
+
+def test_a_bundle_that_keeps_no_pixels_reads_them_from_its_dataset(tmp_path):
+    from siamindex.data import load_dataset
+
+    shutil.copytree(OLD_BUNDLE, tmp_path / "old")
+    index = Index.open(tmp_path / "old")
+    assert index.store.images_file is None
+    (image,) = index.stored_images(np.array([7]))
+    rows = index.store.rows
+    source = load_dataset(split=str(rows.split[7])).images[rows.source_index[7]]
+    np.testing.assert_array_equal(image, source)
