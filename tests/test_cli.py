@@ -504,3 +504,20 @@ def test_build_index_calibrates_on_non_digits_when_asked(tmp_path):
     assert facts["min_recall"] == 0.9 and facts["true_claims_accepted"] >= 0.9
     assert "200 non-digits" in facts["threshold_method"]
     assert f"rejects {facts['open_set_rejected']:.4f}" in info.output
+
+
+def test_serve_refuses_bad_settings_before_starting(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIAMINDEX_TOKEN", raising=False)
+    short = tmp_path / "short"
+    short.write_text("abc")
+    cases = [
+        (["--host", "0.0.0.0", "--index", str(tmp_path / "x")], 2, "give --token-file"),
+        (["--token-file", str(short)], 2, "holds 3 characters; use a token of 16 or more"),
+        (["--token-file", str(tmp_path / "none")], 2, "cannot read"),
+        (["--index", str(tmp_path / "missing")], 1, "No index at"),
+        (["--port", "70000"], 2, "70000 is not in the range"),
+    ]
+    for args, code, message in cases:
+        result = CliRunner().invoke(cli, ["serve", *args])
+        assert result.exit_code == code, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
