@@ -276,8 +276,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         started = time.perf_counter()
         authorize(request, write=False)
         current = served(name)
-        pixels = await images_of(body.images, body.prepare)
         current.index.check_k(body.k)  # before any work
+        pixels = await images_of(body.images, body.prepare)
         batcher = current.query_batcher(body.k, body.nprobe, body.ef_search)
         results = await batcher.submit(pixels)
         names = [f"images[{i}]" for i in range(len(pixels))]

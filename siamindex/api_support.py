@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -17,9 +16,15 @@ from fastapi.responses import HTMLResponse, Response
 
 from siamindex.errors import DataError, ItemNotFound
 from siamindex.index import Index
-from siamindex.service import IndexHolder, Limits, Served, decode_request_image
+from siamindex.service import (
+    DATASET_REF,
+    IndexHolder,
+    Limits,
+    Served,
+    decode_request_image,
+    image_kinds,
+)
 
-_REF = re.compile(r"^mnist:(train|test):(\d+)$")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -182,7 +187,8 @@ def decode_all(specs: list[dict[str, Any]], prepare: str, limits: Limits, what: 
     field = ".image" if what == "claims" else ""
     for i, spec in enumerate(specs):
         ref = spec.get("ref")
-        match = _REF.match(ref) if isinstance(ref, str) and len(spec_kinds(spec)) == 1 else None
+        one_ref = isinstance(ref, str) and len(image_kinds(spec)) == 1
+        match = DATASET_REF.match(str(ref)) if one_ref else None
         if match:
             refs.setdefault(match[1], []).append((i, int(match[2])))
         else:
@@ -197,10 +203,6 @@ def decode_all(specs: list[dict[str, Any]], prepare: str, limits: Limits, what: 
             )
         out[[i for i, _ in wanted]] = dataset.images[rows]
     return out
-
-
-def spec_kinds(spec: dict[str, Any]) -> list[str]:
-    return [kind for kind in ("png", "npy", "pixels", "ref") if spec.get(kind) is not None]
 
 
 def info(current: Served) -> dict[str, Any]:

@@ -35,7 +35,12 @@ from siamindex.inputs import load_one, pixels_from_array
 
 logger = logging.getLogger(__name__)
 IMAGE_KINDS = ("png", "npy", "pixels", "ref")
-DATASET_REF = re.compile(r"^mnist:(train|test):\d+$")
+DATASET_REF = re.compile(r"^mnist:(train|test):(\d+)$")  # groups: split, row
+
+
+def image_kinds(spec: dict[str, Any]) -> list[str]:
+    """Which of the IMAGE kinds a request IMAGE gives (exactly one is valid)."""
+    return [kind for kind in IMAGE_KINDS if spec.get(kind) is not None]
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ def decode_request_image(spec: dict[str, Any], where: str, prepare: str, limits:
     Raises:
         DataError: anything wrong with it, named by ``where`` (e.g. "images[3]").
     """
-    given = [kind for kind in IMAGE_KINDS if spec.get(kind) is not None]
+    given = image_kinds(spec)
     if len(given) != 1:
         got = ", ".join(given) or "none"
         raise DataError(f"{where}: give exactly one of {', '.join(IMAGE_KINDS)} (got {got}).")
