@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from siamindex.blas import summary as blas_summary
 from siamindex.defaults import (
     ALIASES,
     ARCHITECTURES,
@@ -562,6 +563,7 @@ def _print_info(facts: dict[str, Any], output_format: str) -> None:
         f"created      {facts['created']}, format {facts['format_version']}, "
         f"{facts['size_bytes'] / 1e6:.1f} MB on disk",
         "versions     " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()),
+        f"blas         {blas_summary(facts['blas'])}",
     ]
     if "build_seconds" in facts:
         lines.append(

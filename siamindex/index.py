@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from siamindex import bundle
+from siamindex import blas, bundle
 from siamindex.embedding import Embedder, embed_distinct, load_embedder
 from siamindex.errors import DataError, IncompatibleIndex
 from siamindex.facts import IndexFacts
@@ -46,6 +46,7 @@ class IndexInfo:
         class_thresholds: class name -> its own calibrated threshold (classes that have one).
         size_bytes: the bundle's size on disk.
         facts: what the index records about itself.
+        blas: this machine's FAISS OpenBLAS: its kernel and who chose it (``blas.report``).
     """
 
     name: str
@@ -57,6 +58,7 @@ class IndexInfo:
     class_thresholds: dict[str, float]
     size_bytes: int
     facts: IndexFacts
+    blas: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         """One flat JSON object: the facts beside the counts (the CLI's ``--format json``)."""
@@ -329,6 +331,7 @@ class Index:
             },
             size_bytes=sum(int(entry["bytes"]) for entry in files.values()),
             facts=self.facts,
+            blas=blas.report(),
         )
 
     # -- writing -----------------------------------------------------------------------------

@@ -98,31 +98,51 @@ class ClassPartition:
             member (inf when the class has no other member), (n,) int64 its stored row (-1 when
             none), and (n,) float32 distance to the support-th nearest member.
         """
+        extra = 0 if exclude_rows is None else 1
+        squared, rows = self._search(queries, classes, support + extra)
+        if exclude_rows is not None:
+            own = rows == np.asarray(exclude_rows)[:, None]
+            # Move the excluded row (if found) to the end, as "no neighbour".
+            squared = np.where(own, np.inf, squared)
+            rows = np.where(own, -1, rows)
+            order = np.argsort(squared, axis=1, kind="stable")
+            squared = np.take_along_axis(squared, order, axis=1)[:, :support]
+            rows = np.take_along_axis(rows, order, axis=1)[:, :support]
+        distances = euclidean(squared)
+        finite = np.where(np.isfinite(distances), distances, -np.inf)
+        last = np.max(finite, axis=1)  # farthest of the (up to) support neighbours found
+        kth = np.where(np.isfinite(last), last, np.inf).astype(np.float32)
+        return distances[:, 0].astype(np.float32), rows[:, 0], kth
+
+    def search(
+        self, queries: np.ndarray, classes: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest stored members of each query's class, nearest first.
+
+        Args:
+            queries: (n, d) float32.
+            classes: (n,) the class searched for each query; each must be stored.
+            k: members per query (a class with fewer gives inf / -1 past its size).
+
+        Returns:
+            (distances, rows): (n, k) float32 Euclidean distances and (n, k) int64 stored rows.
+        """
+        squared, rows = self._search(queries, classes, k)
+        return euclidean(squared).astype(np.float32), rows
+
+    def _search(
+        self, queries: np.ndarray, classes: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) squared distances and rows of each query's class members (inf / -1 padded)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         classes = np.asarray(classes)
-        nearest = np.full(len(queries), np.inf, dtype=np.float32)
-        kth = np.full(len(queries), np.inf, dtype=np.float32)
-        found_rows = np.full(len(queries), -1, dtype=np.int64)
-        extra = 0 if exclude_rows is None else 1
+        squared = np.full((len(queries), k), np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
         for label in np.unique(classes):
             where = np.flatnonzero(classes == label)
             index, members = self._indexes[int(label)], self.rows[int(label)]
-            squared, local = index.search(queries[where], min(support + extra, len(members)))
-            rows = np.where(local >= 0, members[np.maximum(local, 0)], -1)
-            if exclude_rows is not None:
-                own = rows == np.asarray(exclude_rows)[where][:, None]
-                # Move the excluded row (if found) to the end, as "no neighbour".
-                squared = np.where(own, np.inf, squared)
-                rows = np.where(own, -1, rows)
-                order = np.argsort(squared, axis=1, kind="stable")
-                squared = np.take_along_axis(squared, order, axis=1)
-                rows = np.take_along_axis(rows, order, axis=1)
-                if squared.shape[1] > support:
-                    squared, rows = squared[:, :support], rows[:, :support]
-            distances = euclidean(squared)
-            nearest[where] = distances[:, 0]
-            found_rows[where] = rows[:, 0]
-            finite = np.where(np.isfinite(distances), distances, -np.inf)
-            last = np.max(finite, axis=1)  # farthest of the (up to) support neighbours found
-            kth[where] = np.where(np.isfinite(last), last, np.inf)
-        return nearest, found_rows, kth
+            width = min(k, len(members))
+            found_squared, local = index.search(queries[where], width)
+            squared[where, :width] = np.where(local >= 0, found_squared, np.inf)
+            rows[where, :width] = np.where(local >= 0, members[np.maximum(local, 0)], -1)
+        return squared, rows

@@ -78,6 +78,12 @@ INFO = {
     "per_split": Mapping(int),
     "class_thresholds": Mapping(float),
     "size_bytes": int,
+    "blas": {
+        "kernel": (str, type(None)),
+        "openblas": (str, type(None)),
+        "source": str,
+        "requested": (str, type(None)),
+    },
 }
 BUILD = {**INFO, "build_seconds": Mapping(float), "build_peak_mb": Mapping(float)}
 MATCH = {"query": str, "rank": int, "id": int, "class": str, "split": str, "distance": float}

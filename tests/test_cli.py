@@ -216,6 +216,8 @@ def test_build_index_info_add_remove(tmp_path):
 
     result = runner.invoke(cli, ["info", "--index", name])
     assert result.exit_code == 0 and "1000 (train 1000)" in result.output
+    blas_line = next(line for line in result.output.splitlines() if line.startswith("blas "))
+    assert "FAISS's OpenBLAS" in blas_line and "kernel" in blas_line
 
     result = runner.invoke(
         cli, ["add", "mnist:test:0-2", "--index", name, "--class", "7"], catch_exceptions=False
@@ -227,6 +229,7 @@ def test_build_index_info_add_remove(tmp_path):
     assert result.exit_code == 0, result.output
     facts = json.loads(runner.invoke(cli, ["info", "--index", name, "--format", "json"]).output)
     assert facts["count"] == 1001 and facts["per_split"] == {"added": 2, "train": 999}
+    assert facts["blas"]["kernel"] and facts["blas"]["source"]
 
 
 def test_old_spellings_still_work_with_one_notice_each(tmp_path):

@@ -18,6 +18,7 @@ ALLOWED = {
     "version": set(),
     "metrics": set(),
     "search": set(),
+    "blas": set(),
     "corruptions": {"errors"},
     "outliers": {"errors", "prepare"},
     "exposure": {"outliers", "prepare"},
@@ -44,7 +45,7 @@ ALLOWED = {
     "bundle": {"data", "defaults", "errors"},
     "store": {"bundle", "errors", "facts"},
     "query": {"metrics", "search", "store"},
-    "index": {"bundle", "data", "embedding", "errors", "facts", "query", "search", "store"},
+    "index": {"blas", "bundle", "data", "embedding", "errors", "facts", "query", "search", "store"},
     "build": {
         "bundle",
         "data",
@@ -65,6 +66,7 @@ ALLOWED = {
     "api": {"api_support", "errors", "query", "service"},
     "cli": {
         "api",
+        "blas",
         "build",
         "bundle",
         "defaults",
@@ -78,7 +80,7 @@ ALLOWED = {
         "service",
         "training",
     },
-    "__init__": {"build", "errors", "facts", "index", "query", "version"},
+    "__init__": {"blas", "build", "errors", "facts", "index", "query", "version"},
     "__main__": {"cli"},
 }
 

@@ -55,3 +55,19 @@ def test_support_falls_back_to_the_farthest_member_of_a_small_class():
     # Leave-one-out on a class with no other member: nothing to measure.
     _, rows, kth = partition.nearest(base[2:], np.array([1]), exclude_rows=np.array([2]), support=3)
     assert rows[0] == -1 and np.isinf(kth[0])
+
+
+def test_class_partition_search_returns_the_k_nearest_members(vectors):
+    base, queries = vectors
+    labels = np.random.default_rng(1).integers(0, 4, size=len(base))
+    labels[:2] = 4  # a class with two members, searched with k=3: padded with inf / -1
+    classes = np.random.default_rng(2).integers(0, 5, size=len(queries))
+    distances, rows = ClassPartition(base, labels).search(queries, classes, k=3)
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        want_distances, want = brute_force(base[members], queries[i : i + 1], min(3, len(members)))
+        np.testing.assert_array_equal(rows[i, : len(want[0])], members[want[0]])
+        np.testing.assert_allclose(distances[i, : len(want[0])], want_distances[0], atol=1e-5)
+        assert np.all(rows[i, len(members) :] == -1)
+        assert np.all(np.isinf(distances[i, len(members) :]))
+    assert np.any(classes == 4)

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import markdown_table
+from benchlib import blas_kernels, markdown_table
 
 PHASES = ("load", "embed", "add", "calibrate", "write")
 ONE_BUILD = """
@@ -86,6 +86,7 @@ def main() -> None:
         f"build-index over {runs[0]['count']} images, median of {args.repeats} fresh-process runs\n"
     )
     print(markdown_table(("phase", "seconds", "peak RSS MB (whole process)"), rows))
+    print("\nBLAS: " + "; ".join(blas_kernels()))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import markdown_table
+from benchlib import blas_kernels, markdown_table
 
 from siamindex.build import BuildSettings, build_index
 from siamindex.corruptions import CORRUPTIONS, corrupt
@@ -130,6 +130,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"digits": shifted, "outliers": rejected}, indent=2))
     print(report(shifted, rejected, args, time.perf_counter() - started))
+    print("\nBLAS: " + "; ".join(blas_kernels()))
 
 
 def report(shifted: dict, rejected: dict, args: argparse.Namespace, seconds: float) -> str:

@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchlib import markdown_table
+from benchlib import blas_kernels, markdown_table
 
 from siamindex import model
 from siamindex.evaluation import evaluate
@@ -55,6 +55,7 @@ def main() -> None:
             result["evaluation"] = evaluate(functools.partial(model.embed, encoder), seed=0)
         (out_dir / "bench_train.json").write_text(json.dumps(saved, indent=2))
         print(table(saved))
+        print("\nBLAS: " + "; ".join(blas_kernels()))
         return
     results: dict[str, dict[str, object]] = {}
     for label, config in RUNS.items():
@@ -83,6 +84,7 @@ def main() -> None:
         results = {label: results[label] for label in RUNS if label in results}
     saved.write_text(json.dumps(results, indent=2))
     print(table(results))
+    print("\nBLAS: " + "; ".join(blas_kernels()))
 
 
 def table(results: dict[str, dict[str, object]]) -> str:

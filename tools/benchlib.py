@@ -33,12 +33,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 def blas_kernels() -> list[str]:
-    """Which BLAS libraries are loaded and which CPU kernel each picked (threadpoolctl)."""
-    from threadpoolctl import threadpool_info
+    """FAISS's OpenBLAS kernel and who chose it (``siamindex.blas``), then any other OpenBLAS
+    loaded (numpy's), each with the kernel it picked."""
+    from siamindex import blas
 
-    return [
-        f"{info.get('prefix')} {info.get('version')} ({info.get('architecture')}, "
-        f"{info.get('num_threads')} threads)"
-        for info in threadpool_info()
-        if info.get("internal_api") == "openblas"
+    others = [
+        f"{lib['library']} {lib['version']} ({lib['kernel']}, {lib['threads']} threads)"
+        for lib in blas.loaded_kernels()
+        if not lib["library"].startswith("faiss")
     ]
+    return [blas.summary(blas.report()), *others]
