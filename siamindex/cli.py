@@ -831,6 +831,13 @@ def _print_query(results: Sequence[Any], output_format: str) -> None:
 )
 @index_option
 @click.option("--per-class", is_flag=True, help="Use each class's calibrated threshold.")
+@click.option(
+    "--nprobe",
+    type=click.IntRange(min=1),
+    default=None,
+    help="IVF index types: search an IVF index per class, visiting this many lists "
+    "(faster, approximate; default: exact).",
+)
 @resize_option
 @prepare_option
 @output_option
@@ -842,6 +849,7 @@ def check(
     claims_file: str | None,
     index_name: str,
     per_class: bool,
+    nprobe: int | None,
     resize: bool,
     prepare: str,
     output_format: str,
@@ -865,8 +873,9 @@ def check(
     from siamindex.query import membership_summary
 
     index = Index.open(index_name)
+    index.check_nprobe(nprobe)  # before the images are read and embedded
     pixels, names, classes, truth = _claims(index, images, class_name, claims_file, resize, prepare)
-    results = index.check(pixels, classes, per_class, names, truth, progress=not quiet)
+    results = index.check(pixels, classes, per_class, names, truth, not quiet, nprobe)
     _print_check(results, membership_summary(results), output_format)
 
 

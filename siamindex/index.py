@@ -18,7 +18,7 @@ import numpy as np
 
 from siamindex import blas, bundle
 from siamindex.embedding import Embedder, embed_distinct, load_embedder
-from siamindex.errors import DataError, IncompatibleIndex
+from siamindex.errors import BadSearchSetting, DataError, IncompatibleIndex
 from siamindex.facts import IndexFacts
 from siamindex.query import (
     Comparison,
@@ -29,7 +29,7 @@ from siamindex.query import (
     nearest,
 )
 from siamindex.search import ClassPartition
-from siamindex.store import IndexStore, Rows, image_hashes
+from siamindex.store import IndexStore, Rows, image_hashes, search_parameters
 
 logger = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 3  # a writer may swap and prune the bundle we are reading; then read the new one
@@ -199,20 +199,24 @@ class Index:
         names: Sequence[str] | None = None,
         true_classes: Sequence[str | None] | None = None,
         progress: bool = False,
+        nprobe: int | None = None,
     ) -> list[MembershipResult]:
         """Answer "image i belongs to class classes[i]" for each i (one embedding pass, then
-        class-restricted exact search in FAISS).
+        class-restricted search in FAISS: exact, or with ``nprobe`` IVF lists per class on an
+        index of an IVF type, which trades a little recall for speed).
 
         Raises:
             DataError: a class (claimed or true) is not in the index.
+            BadSearchSetting: nprobe on an index that is not of an IVF type.
         """
+        self.check_nprobe(nprobe)
         if len(classes) != len(images):
             raise DataError(
                 f"{len(images)} images but {len(classes)} classes; give one class per image."
             )
         self.class_positions(classes, true_classes)  # unknown classes fail before the slow part
         vectors = self.embed(images, progress=progress)
-        return self.check_vectors(vectors, classes, per_class, names, true_classes)
+        return self.check_vectors(vectors, classes, per_class, names, true_classes, nprobe)
 
     def check_vectors(
         self,
@@ -221,8 +225,10 @@ class Index:
         per_class: bool = False,
         names: Sequence[str] | None = None,
         true_classes: Sequence[str | None] | None = None,
+        nprobe: int | None = None,
     ) -> list[MembershipResult]:
         """``check`` for images already embedded with this index's encoder ((n, d) float32)."""
+        self.check_nprobe(nprobe)
         if len(classes) != len(vectors):
             raise DataError(
                 f"{len(vectors)} images but {len(classes)} classes; give one class per image."
@@ -230,8 +236,17 @@ class Index:
         claimed, truth = self.class_positions(classes, true_classes)
         names = list(names) if names is not None else [str(i) for i in range(len(vectors))]
         return check_membership(
-            self.store, self.partition, vectors, names, claimed, per_class, truth
+            self.store, self.partition, vectors, names, claimed, per_class, truth, nprobe
         )
+
+    def check_nprobe(self, nprobe: int | None) -> None:
+        """Raises BadSearchSetting unless nprobe is None, or >= 1 on an index of an IVF type
+        (whose membership checks then search an IVF index per class)."""
+        if nprobe is None:
+            return
+        if nprobe < 1:
+            raise BadSearchSetting(f"nprobe must be at least 1; got {nprobe}.")
+        search_parameters(self.store.index, nprobe, None, self.facts.index_type)
 
     def check_k(self, k: int) -> None:
         """Raises DataError unless 1 <= k <= the index size."""

@@ -190,10 +190,11 @@ def check_membership(
     classes: np.ndarray,
     per_class: bool = False,
     true_labels: np.ndarray | None = None,
+    nprobe: int | None = None,
 ) -> list[MembershipResult]:
     """Answer claims "vector i belongs to class classes[i]": true when the index's ``support``
-    nearest stored members of that class (searched in the class's own exact sub-index) all lie
-    within the threshold.
+    nearest stored members of that class (searched in the class's own sub-index, exactly unless
+    ``nprobe`` is given) all lie within the threshold.
 
     Args:
         store: the index (for thresholds, class names and ids).
@@ -203,9 +204,12 @@ def check_membership(
         classes: (n,) int class position claimed for each vector.
         per_class: use each class's calibrated threshold (falling back to the global one).
         true_labels: (n,) optional int class position of the truth (-1: unknown).
+        nprobe: search each class's IVF sub-index with this many lists (approximate, faster).
     """
     support = store.facts.support
-    distances, rows, support_distances = partition.nearest(vectors, classes, support=support)
+    distances, rows, support_distances = partition.nearest(
+        vectors, classes, support=support, nprobe=nprobe
+    )
     thresholds = np.full(len(classes), store.facts.threshold)
     kinds = np.full(len(classes), "global", dtype=object)
     if per_class:

@@ -5,6 +5,7 @@ FAISS returns squared L2 distances; everything here returns Euclidean distances.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,23 @@ def _flat(vectors: np.ndarray):  # type: ignore[no-untyped-def]
     index = faiss.IndexFlatL2(vectors.shape[1])
     index.add(vectors)
     return index
+
+
+def _ivf(vectors: np.ndarray, lists: int, seed: int):  # type: ignore[no-untyped-def]
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(vectors.shape[1]), vectors.shape[1], lists)
+    index.cp.seed = seed
+    index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def _ivf_parameters(nprobe: int):  # type: ignore[no-untyped-def]
+    import faiss
+
+    return faiss.SearchParametersIVF(nprobe=int(nprobe))  # type: ignore[call-arg]
 
 
 def euclidean(squared: np.ndarray) -> np.ndarray:
@@ -61,14 +79,19 @@ def exact_search(
 
 
 class ClassPartition:
-    """One exact FAISS index per class, answering "how far is the nearest stored member of C?".
+    """One FAISS index per class, answering "how far is the nearest stored member of C?".
+
+    Search is exact (a flat index per class) unless a call gives ``nprobe``: then it runs in an
+    IVF index per class, built on first use (about sqrt(members) lists, each trained on the
+    class's own members) and searched with ``nprobe`` lists per query, passed per call.
 
     Args:
         vectors: (m, d) float32 stored vectors.
         labels: (m,) integer class of each.
+        seed: seeds the IVF lists' k-means.
     """
 
-    def __init__(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, vectors: np.ndarray, labels: np.ndarray, seed: int = 0) -> None:
         labels = np.asarray(labels)
         self.rows: dict[int, np.ndarray] = {}
         self._indexes = {}
@@ -76,6 +99,23 @@ class ClassPartition:
             rows = np.flatnonzero(labels == label)
             self.rows[int(label)] = rows
             self._indexes[int(label)] = _flat(vectors[rows])
+        self._vectors, self._seed = vectors, seed
+        self._ivf: dict[int, Any] = {}
+        self._ivf_lock = threading.Lock()
+
+    def lists(self, label: int) -> int:
+        """IVF lists of a class's approximate index: about sqrt(members), with at least 39
+        members per list (FAISS's minimum for k-means), at least 1."""
+        members = len(self.rows[label])
+        return max(1, min(int(np.sqrt(members)), members // 39))
+
+    def _approximate(self, label: int) -> Any:
+        with self._ivf_lock:
+            if label not in self._ivf:
+                self._ivf[label] = _ivf(
+                    self._vectors[self.rows[label]], self.lists(label), self._seed
+                )
+            return self._ivf[label]
 
     def nearest(
         self,
@@ -83,6 +123,7 @@ class ClassPartition:
         classes: np.ndarray,
         exclude_rows: np.ndarray | None = None,
         support: int = 1,
+        nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The nearest stored members of each query's class.
 
@@ -92,6 +133,7 @@ class ClassPartition:
             exclude_rows: (n,) optional stored row to skip per query (leave-one-out), or -1.
             support: also return the distance to the support-th nearest member (a class with
                 fewer members gives its farthest one).
+            nprobe: search each class's IVF index, visiting this many lists (None: exact).
 
         Returns:
             (nearest, rows, support_distances): (n,) float32 Euclidean distance to the nearest
@@ -99,7 +141,7 @@ class ClassPartition:
             none), and (n,) float32 distance to the support-th nearest member.
         """
         extra = 0 if exclude_rows is None else 1
-        squared, rows = self._search(queries, classes, support + extra)
+        squared, rows = self._search(queries, classes, support + extra, nprobe)
         if exclude_rows is not None:
             own = rows == np.asarray(exclude_rows)[:, None]
             # Move the excluded row (if found) to the end, as "no neighbour".
@@ -115,7 +157,7 @@ class ClassPartition:
         return distances[:, 0].astype(np.float32), rows[:, 0], kth
 
     def search(
-        self, queries: np.ndarray, classes: np.ndarray, k: int
+        self, queries: np.ndarray, classes: np.ndarray, k: int, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest stored members of each query's class, nearest first.
 
@@ -123,15 +165,16 @@ class ClassPartition:
             queries: (n, d) float32.
             classes: (n,) the class searched for each query; each must be stored.
             k: members per query (a class with fewer gives inf / -1 past its size).
+            nprobe: search each class's IVF index, visiting this many lists (None: exact).
 
         Returns:
             (distances, rows): (n, k) float32 Euclidean distances and (n, k) int64 stored rows.
         """
-        squared, rows = self._search(queries, classes, k)
+        squared, rows = self._search(queries, classes, k, nprobe)
         return euclidean(squared).astype(np.float32), rows
 
     def _search(
-        self, queries: np.ndarray, classes: np.ndarray, k: int
+        self, queries: np.ndarray, classes: np.ndarray, k: int, nprobe: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(n, k) squared distances and rows of each query's class members (inf / -1 padded)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -140,9 +183,14 @@ class ClassPartition:
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         for label in np.unique(classes):
             where = np.flatnonzero(classes == label)
-            index, members = self._indexes[int(label)], self.rows[int(label)]
+            members = self.rows[int(label)]
             width = min(k, len(members))
-            found_squared, local = index.search(queries[where], width)
+            if nprobe is None:
+                found_squared, local = self._indexes[int(label)].search(queries[where], width)
+            else:
+                found_squared, local = self._approximate(int(label)).search(
+                    queries[where], width, params=_ivf_parameters(nprobe)
+                )
             squared[where, :width] = np.where(local >= 0, found_squared, np.inf)
             rows[where, :width] = np.where(local >= 0, members[np.maximum(local, 0)], -1)
         return squared, rows

@@ -248,3 +248,46 @@ def test_train_align_scales_the_output_and_no_align_does_not(tmp_path, small_idx
     np.testing.assert_allclose(
         outputs["--align"], outputs["--no-align"] * scale, rtol=1e-4, atol=1e-5
     )
+
+
+def test_check_nprobe_searches_an_ivf_index_per_class(tmp_path, small_idx_dir):
+    path = tmp_path / "idx"
+    index = _build(path, small_idx_dir, "--index-type", "IVF8,Flat")
+    lists = max(index.partition.lists(c) for c in index.partition.rows)
+    assert lists >= 2  # 1,000 train images: about 100 per class, 2 lists each
+
+    def support_distances(*extra: str) -> np.ndarray:
+        out = json.loads(
+            _run(
+                "check",
+                "--class",
+                "3",
+                "mnist:test:0-299",
+                "--index",
+                str(path),
+                "--format",
+                "json",
+                "-q",
+                *extra,
+            )  # fmt: skip
+        )
+        return np.array([r["support_distance"] for r in out["results"]])
+
+    exact = support_distances()
+    # Every list visited: the same members as the exact search.
+    np.testing.assert_allclose(support_distances("--nprobe", str(lists)), exact, rtol=1e-5)
+    # One list: an approximate search finds the same or farther members, never nearer ones.
+    one = support_distances("--nprobe", "1")
+    assert np.all(one >= exact - 1e-5) and np.any(one > exact + 1e-5)
+
+    flat = tmp_path / "flat"
+    _build(flat, small_idx_dir)
+    result = CliRunner().invoke(
+        cli, ["check", "--class", "3", "mnist:test:0", "--index", str(flat), "--nprobe", "4"]
+    )
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .endswith("nprobe applies to IVF index types only; this index is 'flat'.")
+    )

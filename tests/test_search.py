@@ -71,3 +71,30 @@ def test_class_partition_search_returns_the_k_nearest_members(vectors):
         assert np.all(rows[i, len(members) :] == -1)
         assert np.all(np.isinf(distances[i, len(members) :]))
     assert np.any(classes == 4)
+
+
+def test_class_partition_with_nprobe_searches_an_ivf_index_per_class():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 8)) * 4  # clustered, as embeddings are
+    base = (centres[rng.integers(0, 40, 4000)] + rng.normal(size=(4000, 8))).astype(np.float32)
+    labels = rng.integers(0, 2, size=len(base))
+    queries = (centres[rng.integers(0, 40, 300)] + rng.normal(size=(300, 8))).astype(np.float32)
+    classes = rng.integers(0, 2, size=len(queries))
+    partition = ClassPartition(base, labels)
+    assert [partition.lists(c) for c in (0, 1)] == [
+        max(1, min(int(np.sqrt(n)), n // 39)) for n in np.bincount(labels)
+    ]
+    exact_distances, exact_rows = partition.search(queries, classes, k=3)
+    # All lists visited: exact.
+    everything = max(partition.lists(c) for c in (0, 1))
+    distances, rows = partition.search(queries, classes, k=3, nprobe=everything)
+    np.testing.assert_array_equal(rows, exact_rows)
+    np.testing.assert_allclose(distances, exact_distances, rtol=1e-5)
+    # One list: only members of the class, nearest first, and really approximate.
+    distances, rows = partition.search(queries, classes, k=3, nprobe=1)
+    assert np.all(labels[rows] == classes[:, None])
+    assert np.all(np.diff(distances, axis=1) >= 0)
+    found = np.mean([len(set(r) & set(e)) / 3 for r, e in zip(rows, exact_rows, strict=True)])
+    assert 0.3 < found < 1.0
+    nearest, _, _ = partition.nearest(queries, classes, support=3, nprobe=everything)
+    np.testing.assert_allclose(nearest, exact_distances[:, 0], rtol=1e-5)
