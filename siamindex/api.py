@@ -99,6 +99,7 @@ class CheckBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     claims: list[Claim] = Field(min_length=1)
     per_class: bool = False
+    nprobe: int | None = Field(None, ge=1)
     prepare: Prepare = "auto"
 
 
@@ -320,6 +321,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         classes = [c.class_name for c in claims]
         truth = [c.true_class for c in claims]
         current.index.class_positions(classes, truth)  # unknown classes: before decoding
+        current.index.check_nprobe(body.nprobe)
         pixels = await images_of([c.image for c in claims], body.prepare, "claims")
         vectors = await current.batcher.submit(pixels)
         results = await asyncio.to_thread(
@@ -329,6 +331,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             body.per_class,
             [f"claims[{i}]" for i in range(len(claims))],
             truth if any(t is not None for t in truth) else None,
+            body.nprobe,
         )
         summary = membership_summary(results)
         return envelope({"results": to_json(results), "summary": summary}, started)

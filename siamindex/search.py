@@ -5,6 +5,7 @@ FAISS returns squared L2 distances; everything here returns Euclidean distances.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -38,6 +39,7 @@ def _ivf(vectors: np.ndarray, lists: int, seed: int):  # type: ignore[no-untyped
     return index
 
 
+@functools.lru_cache(maxsize=256)  # read-only during a search: one object per value serves all
 def _ivf_parameters(nprobe: int):  # type: ignore[no-untyped-def]
     import faiss
 

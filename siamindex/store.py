@@ -7,8 +7,9 @@ only: no images, no Keras.
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,33 +77,62 @@ def build_faiss_index(embeddings: np.ndarray, ids: np.ndarray, index_type: str, 
     return index
 
 
+def index_kind(index: Any) -> str:
+    """ "ivf", "hnsw" or "other": which search settings a FAISS index (or its IDMap2) takes."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexIVF):
+        return "ivf"
+    return "hnsw" if hasattr(inner, "hnsw") else "other"
+
+
 def search_parameters(
-    index: Any, nprobe: int | None, ef_search: int | None, index_type: str = "?"
+    index: Any,
+    nprobe: int | None,
+    ef_search: int | None,
+    index_type: str = "?",
+    kind: str | None = None,
 ) -> Any:
     """FAISS search parameters for one call, or None; the shared index is never changed.
 
-    ``index_type`` names the index in errors, as the user gave it at build time.
+    ``index_type`` names the index in errors, as the user gave it at build time; ``kind``
+    (``index_kind(index)``) saves looking it up again.
 
     Raises:
         BadSearchSetting: a setting does not apply to the index's type.
     """
-    import faiss
-
     if nprobe is None and ef_search is None:
         return None
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     if nprobe is not None and ef_search is not None:
         raise BadSearchSetting("Give nprobe (IVF index types) or ef_search (HNSW), not both.")
+    kind = kind or index_kind(index)
     if nprobe is not None:
-        if not isinstance(inner, faiss.IndexIVF):
+        if kind != "ivf":
             raise BadSearchSetting(
                 f"nprobe applies to IVF index types only; this index is '{index_type}'."
             )
-        return faiss.SearchParametersIVF(nprobe=int(nprobe))  # type: ignore[call-arg]
-    if not hasattr(inner, "hnsw"):
+        return _ivf_parameters(int(nprobe))
+    if kind != "hnsw":
         raise BadSearchSetting(
             f"ef_search applies to HNSW index types only; this index is '{index_type}'."
         )
+    return _hnsw_parameters(int(ef_search))  # type: ignore[arg-type]
+
+
+# Parameter objects are only read by FAISS during a search: one per value serves every call
+# (and every thread), which saves building one per single-vector query.
+@functools.lru_cache(maxsize=256)
+def _ivf_parameters(nprobe: int) -> Any:
+    import faiss
+
+    return faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
+
+
+@functools.lru_cache(maxsize=256)
+def _hnsw_parameters(ef_search: int) -> Any:
+    import faiss
+
     return faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
 
 
@@ -181,6 +211,7 @@ class IndexStore:
     probability: np.ndarray | None = None
     manifest: dict[str, Any] | None = None
     images_file: Path | None = None
+    _kind: str | None = field(default=None, init=False, repr=False, compare=False)  # index_kind
 
     def with_images(self) -> IndexStore:
         """A copy with every stored image's pixels in memory (writers need them all)."""
@@ -241,7 +272,9 @@ class IndexStore:
                 f"ef_search {ef_search} is below k {k}: HNSW would return fewer than k "
                 f"neighbours for some queries; use ef_search >= {k}."
             )
-        params = search_parameters(self.index, nprobe, ef_search, self.facts.index_type)
+        if self._kind is None and (nprobe is not None or ef_search is not None):
+            self._kind = index_kind(self.index)
+        params = search_parameters(self.index, nprobe, ef_search, self.facts.index_type, self._kind)
         squared, ids = self.index.search(queries, k, params=params)
         found = ids >= 0
         return np.where(found, np.sqrt(np.maximum(squared, 0)), np.inf).astype(np.float32), ids

@@ -179,6 +179,7 @@ def test_writes_need_the_token_and_are_followed(tiny_index, mnist_test):
         ("query", {"images": [{"ref": "mnist:test:0"}], "extra": 1}, 422, "extra: Extra inputs"),
         ("check", {"claims": [{"image": REF0, "class": "eleven"}]}, 422, "Unknown class 'eleven'"),
         ("check", {"claims": [{"image": REF0}]}, 422, "claims.0.class: Field required"),
+        ("check", {"claims": [{"image": REF0, "class": "7"}], "nprobe": 2}, 422, "nprobe applies"),
         ("compare", {"first": {"ref": "mnist:test:0"}}, 422, "second: Field required"),
         ("nothere", {}, 404, "No route POST /v1/indexes/idx/nothere"),
     ],

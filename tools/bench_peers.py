@@ -42,7 +42,7 @@ from peers import PEERS, Peer, PeerMissing, folder_bytes
 
 HNSW_EF = [8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 256]
 SETTINGS = {  # the knob's candidates, smallest (fastest) first
-    "siamindex IVF256": [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
+    "siamindex IVF256": [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 64],
     "siamindex HNSW32": HNSW_EF,
     "hnswlib": HNSW_EF,
     "usearch": HNSW_EF,

@@ -112,12 +112,20 @@ class SiamIndex(Peer):
         store.write(folder)
 
     def open(self, folder: Path) -> None:
-        from siamindex.search import ClassPartition
         from siamindex.store import IndexStore
 
         self.store = IndexStore.read(folder)
-        rows = self.store.rows
-        self.partition = ClassPartition(rows.embeddings, rows.labels)
+        self._partition: Any = None
+
+    @property
+    def partition(self) -> Any:
+        """Built on the first membership check, as ``Index.partition`` is."""
+        from siamindex.search import ClassPartition
+
+        if self._partition is None:
+            rows = self.store.rows
+            self._partition = ClassPartition(rows.embeddings, rows.labels)
+        return self._partition
 
     def _knobs(self) -> dict[str, int]:
         return {}
