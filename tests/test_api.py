@@ -280,3 +280,35 @@ def test_serve_as_a_process_answers_and_stops_gracefully_on_sigterm(tiny_index, 
     assert answer["status"] == 200 and answer["count"] == 20_000
     assert answer["at"] > signalled  # it was in flight when the signal came
     assert TOKEN not in stderr and "Traceback" not in stderr
+
+
+def test_check_with_nprobe_on_an_ivf_index_equals_the_library(tmp_path, small_idx_dir, mnist_test):
+    from conftest import TINY_ENCODER
+
+    from siamindex.build import BuildSettings, build_index
+
+    path = tmp_path / "ivf"
+    build_index(
+        BuildSettings(
+            encoder=TINY_ENCODER,
+            index=path,
+            data_dir=small_idx_dir,
+            splits=("train",),
+            index_type="IVF8,Flat",
+            progress=False,
+        )
+    )
+    index = Index.open(path)
+    claims = [{"image": {"ref": f"mnist:test:{i}"}, "class": "3"} for i in range(40)]
+    with _client(path) as client:
+        got = {}
+        for nprobe in (1, None):
+            body = {"claims": claims, **({} if nprobe is None else {"nprobe": nprobe})}
+            reply = client.post("/v1/indexes/ivf/check", json=body)
+            assert reply.status_code == 200, reply.text
+            got[nprobe] = [r["support_distance"] for r in reply.json()["result"]["results"]]
+    vectors = index.embed(mnist_test.images[:40])
+    for nprobe in (1, None):
+        want = index.check_vectors(vectors, ["3"] * 40, nprobe=nprobe)
+        np.testing.assert_allclose(got[nprobe], [r.support_distance for r in want], rtol=1e-4)
+    assert got[1] != got[None]  # one list of each class's IVF index: really approximate
