@@ -39,11 +39,22 @@ def _ivf(vectors: np.ndarray, lists: int, seed: int):  # type: ignore[no-untyped
     return index
 
 
-@functools.lru_cache(maxsize=256)  # read-only during a search: one object per value serves all
-def _ivf_parameters(nprobe: int):  # type: ignore[no-untyped-def]
+# FAISS only reads parameter objects during a search: one per value serves every call (and every
+# thread), which saves building one per single-vector query.
+@functools.lru_cache(maxsize=256)
+def ivf_parameters(nprobe: int) -> Any:
+    """FAISS search parameters visiting ``nprobe`` IVF lists, for one call."""
     import faiss
 
     return faiss.SearchParametersIVF(nprobe=int(nprobe))  # type: ignore[call-arg]
+
+
+@functools.lru_cache(maxsize=256)
+def hnsw_parameters(ef_search: int) -> Any:
+    """FAISS search parameters with HNSW search breadth ``ef_search``, for one call."""
+    import faiss
+
+    return faiss.SearchParametersHNSW(efSearch=int(ef_search))  # type: ignore[attr-defined]
 
 
 def euclidean(squared: np.ndarray) -> np.ndarray:
@@ -191,7 +202,7 @@ class ClassPartition:
                 found_squared, local = self._indexes[int(label)].search(queries[where], width)
             else:
                 found_squared, local = self._approximate(int(label)).search(
-                    queries[where], width, params=_ivf_parameters(nprobe)
+                    queries[where], width, params=ivf_parameters(nprobe)
                 )
             squared[where, :width] = np.where(local >= 0, found_squared, np.inf)
             rows[where, :width] = np.where(local >= 0, members[np.maximum(local, 0)], -1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from siamindex.bundle import (
 )
 from siamindex.errors import BadIndexType, BadSearchSetting, IncompatibleIndex
 from siamindex.facts import IndexFacts
+from siamindex.search import hnsw_parameters, ivf_parameters
 
 TRAINING_SAMPLE = 50_000  # vectors an index type that needs training is trained on, at most
 
@@ -112,28 +113,12 @@ def search_parameters(
             raise BadSearchSetting(
                 f"nprobe applies to IVF index types only; this index is '{index_type}'."
             )
-        return _ivf_parameters(int(nprobe))
+        return ivf_parameters(int(nprobe))
     if kind != "hnsw":
         raise BadSearchSetting(
             f"ef_search applies to HNSW index types only; this index is '{index_type}'."
         )
-    return _hnsw_parameters(int(ef_search))  # type: ignore[arg-type]
-
-
-# Parameter objects are only read by FAISS during a search: one per value serves every call
-# (and every thread), which saves building one per single-vector query.
-@functools.lru_cache(maxsize=256)
-def _ivf_parameters(nprobe: int) -> Any:
-    import faiss
-
-    return faiss.SearchParametersIVF(nprobe=nprobe)  # type: ignore[call-arg]
-
-
-@functools.lru_cache(maxsize=256)
-def _hnsw_parameters(ef_search: int) -> Any:
-    import faiss
-
-    return faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
+    return hnsw_parameters(int(ef_search))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -211,7 +196,6 @@ class IndexStore:
     probability: np.ndarray | None = None
     manifest: dict[str, Any] | None = None
     images_file: Path | None = None
-    _kind: str | None = field(default=None, init=False, repr=False, compare=False)  # index_kind
 
     def with_images(self) -> IndexStore:
         """A copy with every stored image's pixels in memory (writers need them all)."""
@@ -236,6 +220,11 @@ class IndexStore:
         with h5py.File(self.images_file, "r") as handle:
             found = handle["images"][order].astype(np.uint8)
         return np.asarray(found[np.searchsorted(order, rows)])
+
+    @functools.cached_property
+    def kind(self) -> str:
+        """``index_kind`` of the FAISS index, looked up once (a copy looks it up again)."""
+        return index_kind(self.index)
 
     @property
     def embedding_dim(self) -> int:
@@ -272,9 +261,8 @@ class IndexStore:
                 f"ef_search {ef_search} is below k {k}: HNSW would return fewer than k "
                 f"neighbours for some queries; use ef_search >= {k}."
             )
-        if self._kind is None and (nprobe is not None or ef_search is not None):
-            self._kind = index_kind(self.index)
-        params = search_parameters(self.index, nprobe, ef_search, self.facts.index_type, self._kind)
+        kind = self.kind if nprobe is not None or ef_search is not None else None
+        params = search_parameters(self.index, nprobe, ef_search, self.facts.index_type, kind)
         squared, ids = self.index.search(queries, k, params=params)
         found = ids >= 0
         return np.where(found, np.sqrt(np.maximum(squared, 0)), np.inf).astype(np.float32), ids

@@ -43,7 +43,7 @@ ALLOWED = {
     "embedding": {"defaults", "model"},  # model only inside load_embedder
     "evaluation": {"data", "defaults", "metrics", "pairs", "search"},
     "bundle": {"data", "defaults", "errors"},
-    "store": {"bundle", "errors", "facts"},
+    "store": {"bundle", "errors", "facts", "search"},
     "query": {"metrics", "search", "store"},
     "index": {"blas", "bundle", "data", "embedding", "errors", "facts", "query", "search", "store"},
     "build": {
