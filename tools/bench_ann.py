@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from benchlib import blas_kernels, markdown_table, median_seconds
+from benchlib import blas_kernels, markdown_table, median_seconds, store_of
 
 from siamindex import model
 from siamindex.data import load_dataset
-from siamindex.facts import IndexFacts
-from siamindex.store import IndexStore, Rows, build_faiss_index
+from siamindex.store import IndexStore
 
 VARIANTS = [
     ("flat", {}),
@@ -31,16 +30,6 @@ VARIANTS = [
     ("HNSW32", {"ef_search": 128}),
 ]
 EPSILON = 1e-3
-
-
-def store_of(vectors: np.ndarray, labels: np.ndarray, index_type: str) -> IndexStore:
-    """An in-memory store of ``index_type`` over the vectors (threshold unused here)."""
-    n = len(vectors)
-    ids = np.arange(n, dtype=np.int64)
-    rows = Rows(ids, labels, np.full(n, "train"), ids, np.full(n, ""), vectors)
-    facts = IndexFacts(embedding_dim=vectors.shape[1], threshold=0.0, index_type=index_type)
-    index = build_faiss_index(vectors, ids, index_type, seed=0)
-    return IndexStore(index, rows, tuple(map(str, range(10))), np.full(10, np.nan), facts)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def median_seconds(run: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall-clock seconds of ``run()`` over ``repeats`` calls, after ``warmup`` calls."""
@@ -43,3 +45,18 @@ def blas_kernels() -> list[str]:
         if not lib["library"].startswith("faiss")
     ]
     return [blas.summary(blas.report()), *others]
+
+
+def store_of(vectors: np.ndarray, labels: np.ndarray, index_type: str) -> Any:
+    """An in-memory ``IndexStore`` of ``index_type`` over the vectors, ids 0..n-1, classes "0"..
+    (threshold unused: the benchmarks that use it measure search, not verdicts)."""
+    from siamindex.facts import IndexFacts
+    from siamindex.store import IndexStore, Rows, build_faiss_index
+
+    n = len(vectors)
+    ids = np.arange(n, dtype=np.int64)
+    rows = Rows(ids, labels.astype(np.int64), np.full(n, "train"), ids, np.full(n, ""), vectors)
+    facts = IndexFacts(embedding_dim=vectors.shape[1], threshold=0.0, index_type=index_type)
+    index = build_faiss_index(vectors, ids, index_type, seed=0)
+    names = tuple(str(c) for c in range(int(labels.max()) + 1))
+    return IndexStore(index, rows, names, np.full(len(names), np.nan), facts)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchlib import store_of
 
 
 class PeerMissing(Exception):
@@ -96,20 +97,8 @@ class SiamIndex(Peer):
     index_type = "flat"
 
     def build(self, folder: Path, vectors: np.ndarray, labels: np.ndarray) -> None:
-        from siamindex.facts import IndexFacts
-        from siamindex.store import IndexStore, Rows, build_faiss_index
-
-        n = len(vectors)
-        ids = np.arange(n, dtype=np.int64)
-        rows = Rows(ids, labels.astype(np.int64), np.full(n, "train"), ids, np.full(n, ""), vectors)
-        facts = IndexFacts(
-            embedding_dim=vectors.shape[1], threshold=0.0, index_type=self.index_type
-        )
-        index = build_faiss_index(vectors, ids, self.index_type, seed=0)
-        names = tuple(str(c) for c in range(int(labels.max()) + 1))
-        store = IndexStore(index, rows, names, np.full(len(names), np.nan), facts)
         folder.mkdir(parents=True)
-        store.write(folder)
+        store_of(vectors, labels, self.index_type).write(folder)
 
     def open(self, folder: Path) -> None:
         from siamindex.store import IndexStore
@@ -172,76 +161,96 @@ class SiamIndexHNSW(SiamIndex):
 # -- hnswlib and USearch: one HNSW graph for queries, one per class for membership ------------
 
 
-class Hnswlib(Peer):
-    """hnswlib: one index over everything, and one per class (its docs' filter is a Python
-    callable per candidate; an index per class is how its users filter fast)."""
+class _Graphs(Peer):
+    """One graph over everything for queries and one per class for membership, saved as
+    ``all.SUFFIX`` and ``class-C.SUFFIX``; subclasses say how to make, save, load and ask one."""
 
-    name = "hnswlib"
     exact = False
-    knob = "ef"
-    M, EF_CONSTRUCTION = 16, 200
+    SUFFIX = ""
 
-    def _new(self, dim: int, count: int) -> Any:
-        hnswlib = _need("hnswlib")
-        index = hnswlib.Index(space="l2", dim=dim)
-        index.init_index(max_elements=count, M=self.M, ef_construction=self.EF_CONSTRUCTION)
-        return index
+    def _graph(self, ids: np.ndarray, vectors: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _save(self, graph: Any, path: Path) -> None:
+        raise NotImplementedError
+
+    def _load(self, path: Path, dim: int) -> Any:
+        raise NotImplementedError
+
+    def _query(self, graph: Any, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
+        """(n, k) int64 ids, -1 past what the graph holds; ``threads`` 0 means all."""
+        raise NotImplementedError
 
     def build(self, folder: Path, vectors: np.ndarray, labels: np.ndarray) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        whole = self._new(vectors.shape[1], len(vectors))
-        whole.add_items(vectors, np.arange(len(vectors)))
-        whole.save_index(str(folder / "all.bin"))
+        self._save(self._graph(np.arange(len(vectors)), vectors), folder / f"all.{self.SUFFIX}")
         for label, rows in by_class(labels):
-            index = self._new(vectors.shape[1], len(rows))
-            index.add_items(vectors[rows], rows)
-            index.save_index(str(folder / f"class-{label}.bin"))
+            self._save(self._graph(rows, vectors[rows]), folder / f"class-{label}.{self.SUFFIX}")
         np.save(folder / "shape.npy", np.array([len(vectors), vectors.shape[1]]))
-
-    def _load(self, path: Path, dim: int) -> Any:
-        hnswlib = _need("hnswlib")
-        index = hnswlib.Index(space="l2", dim=dim)
-        index.load_index(str(path))
-        index.set_ef(int(self.setting or 10))
-        return index
 
     def open(self, folder: Path) -> None:
         dim = int(np.load(folder / "shape.npy")[1])
-        self.whole = self._load(folder / "all.bin", dim)
+        self.whole = self._load(folder / f"all.{self.SUFFIX}", dim)
         self.classes = {
-            int(p.stem.split("-")[1]): self._load(p, dim) for p in folder.glob("class-*.bin")
+            int(p.stem.split("-")[1]): self._load(p, dim)
+            for p in folder.glob(f"class-*.{self.SUFFIX}")
         }
 
     def batch(self, queries: np.ndarray, k: int) -> np.ndarray:
-        ids, _ = self.whole.knn_query(queries, k=k, num_threads=-1)
-        return np.asarray(ids, dtype=np.int64)
+        return self._query(self.whole, queries, k, threads=0)
 
     def single(self, query: np.ndarray, k: int) -> np.ndarray:
-        ids, _ = self.whole.knn_query(query[None, :], k=k, num_threads=1)
-        return np.asarray(ids[0], dtype=np.int64)
+        return self._query(self.whole, query[None, :], k, threads=1)[0]
 
     def members(self, queries: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
         out = np.full((len(queries), k), -1, dtype=np.int64)
         for label, where in by_class(classes):
-            index = self.classes[label]
-            width = min(k, index.get_current_count())
-            ids, _ = index.knn_query(queries[where], k=width, num_threads=-1)
-            out[where, :width] = ids
+            out[where] = self._query(self.classes[label], queries[where], k, threads=0)
         return out
 
 
-class USearch(Peer):
-    """USearch: the same layout as hnswlib (one graph, and one per class); ``exact=True`` is its
-    brute-force mode on the same stored vectors."""
+class Hnswlib(_Graphs):
+    """hnswlib (its docs' filter is a Python callable per candidate; an index per class is how
+    its users filter fast)."""
+
+    name = "hnswlib"
+    knob = "ef"
+    SUFFIX = "bin"
+    M, EF_CONSTRUCTION = 16, 200
+
+    def _graph(self, ids: np.ndarray, vectors: np.ndarray) -> Any:
+        graph = _need("hnswlib").Index(space="l2", dim=vectors.shape[1])
+        graph.init_index(max_elements=len(ids), M=self.M, ef_construction=self.EF_CONSTRUCTION)
+        graph.add_items(vectors, ids)
+        return graph
+
+    def _save(self, graph: Any, path: Path) -> None:
+        graph.save_index(str(path))
+
+    def _load(self, path: Path, dim: int) -> Any:
+        graph = _need("hnswlib").Index(space="l2", dim=dim)
+        graph.load_index(str(path))
+        graph.set_ef(int(self.setting or 10))
+        return graph
+
+    def _query(self, graph: Any, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
+        out = np.full((len(queries), k), -1, dtype=np.int64)
+        width = min(k, graph.get_current_count())
+        ids, _ = graph.knn_query(queries, k=width, num_threads=threads or -1)
+        out[:, :width] = ids
+        return out
+
+
+class USearch(_Graphs):
+    """USearch; ``exact=True`` is its brute-force mode on the same stored vectors."""
 
     name = "usearch"
-    exact = False
     knob = "expansion_search"
+    SUFFIX = "usearch"
     CONNECTIVITY, EXPANSION_ADD = 16, 128
 
     def _new(self, dim: int) -> Any:
-        usearch = _need("usearch.index")
-        return usearch.Index(
+        return _need("usearch.index").Index(
             ndim=dim,
             metric="l2sq",
             dtype="f32",
@@ -250,50 +259,28 @@ class USearch(Peer):
             expansion_search=int(self.setting or 64),
         )
 
-    def build(self, folder: Path, vectors: np.ndarray, labels: np.ndarray) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        whole = self._new(vectors.shape[1])
-        whole.add(np.arange(len(vectors)), vectors, threads=0)
-        whole.save(str(folder / "all.usearch"))
-        for label, rows in by_class(labels):
-            index = self._new(vectors.shape[1])
-            index.add(rows, vectors[rows], threads=0)
-            index.save(str(folder / f"class-{label}.usearch"))
-        np.save(folder / "shape.npy", np.array([len(vectors), vectors.shape[1]]))
+    def _graph(self, ids: np.ndarray, vectors: np.ndarray) -> Any:
+        graph = self._new(vectors.shape[1])
+        graph.add(ids, vectors, threads=0)
+        return graph
+
+    def _save(self, graph: Any, path: Path) -> None:
+        graph.save(str(path))
 
     def _load(self, path: Path, dim: int) -> Any:
-        index = self._new(dim)
-        index.load(str(path))
-        index.expansion_search = int(self.setting or 64)
-        return index
+        graph = self._new(dim)
+        graph.load(str(path))
+        graph.expansion_search = int(self.setting or 64)
+        return graph
 
-    def open(self, folder: Path) -> None:
-        dim = int(np.load(folder / "shape.npy")[1])
-        self.whole = self._load(folder / "all.usearch", dim)
-        self.classes = {
-            int(p.stem.split("-")[1]): self._load(p, dim) for p in folder.glob("class-*.usearch")
-        }
-
-    def _search(self, index: Any, queries: np.ndarray, k: int, threads: int = 0) -> np.ndarray:
-        found = index.search(queries, k, threads=threads, exact=self.exact)
+    def _query(self, graph: Any, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
+        found = graph.search(queries, k, threads=threads, exact=self.exact)
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         # One query gives a Matches (no counts), several a BatchMatches.
         counts = getattr(found, "counts", None)
         counts = np.asarray([len(found.keys)] if counts is None else counts).reshape(-1)
         width = np.arange(keys.shape[1])[None, :]
         return np.where(width < counts[:, None], keys, -1)[:, :k]
-
-    def batch(self, queries: np.ndarray, k: int) -> np.ndarray:
-        return self._search(self.whole, queries, k)
-
-    def single(self, query: np.ndarray, k: int) -> np.ndarray:
-        return self._search(self.whole, query[None, :], k, threads=1)[0]
-
-    def members(self, queries: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
-        out = np.full((len(queries), k), -1, dtype=np.int64)
-        for label, where in by_class(classes):
-            out[where] = self._search(self.classes[label], queries[where], k)
-        return out
 
 
 class USearchExact(USearch):
