@@ -243,6 +243,21 @@ def _one_of(kind: str, choices: Sequence[str]) -> Callable[..., str | None]:
     help="Share of the train split held out for validation.",
 )
 @click.option(
+    "--classes",
+    "class_spec",
+    default=None,
+    metavar="NAMES",
+    help="Train on these classes only, e.g. 0-5 or 0,2,7 (the others stay unseen, to be "
+    "added to an index later with add --new-class). Default: all.",
+)
+@click.option(
+    "--labelled",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Train on N labelled train images drawn evenly over the classes (seeded), the "
+    "validation share included. Default: all.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default="models/encoder.keras",
@@ -274,6 +289,12 @@ def train(
     from siamindex.training import TrainConfig
     from siamindex.training import train as run_training
 
+    class_spec = settings.pop("class_spec")
+    if class_spec is not None:
+        from siamindex.data import load_dataset, parse_classes
+
+        names = load_dataset(settings["data_dir"], "train").class_names
+        settings["classes"] = parse_classes(class_spec, names)
     config = TrainConfig(
         architecture=architecture or old_architecture or DEFAULT_ARCHITECTURE, **settings
     )
@@ -565,6 +586,16 @@ def _print_info(facts: dict[str, Any], output_format: str) -> None:
         "versions     " + ", ".join(f"{k} {v}" for k, v in facts["versions"].items()),
         f"blas         {blas_summary(facts['blas'])}",
     ]
+    for name in facts.get("late_classes", []):
+        own = thresholds.get(name)
+        lines.append(
+            f"late class   {name}: "
+            + (
+                f"own threshold {_number(own)} (recalibrated on every change)"
+                if own is not None
+                else "too few members for its own threshold; judged by the global one"
+            )
+        )
     if "build_seconds" in facts:
         lines.append(
             "build s      "
@@ -613,13 +644,16 @@ def add(
     index = Index.open(index_name)
     loaded = load_images(images, resize=resize, prepare=prepare)
     ids = index.add(loaded.pixels, class_name, new_class=new_class)
-    if output_format == "json":
-        from siamindex.query import Added, to_json
+    from siamindex.curation import added as added_result
+    from siamindex.query import to_json
 
-        added = Added(str(index.path), class_name, [int(i) for i in ids], len(index.store.rows))
+    added = added_result(index.store, str(index.path), class_name, ids)
+    if output_format == "json":
         click.echo(json.dumps(to_json(added), indent=2))
         return
     click.echo(f"added {len(ids)} image(s) as class {class_name}: ids {_id_list(ids)}")
+    if added.threshold_note:
+        click.echo(added.threshold_note)
 
 
 def _old_positional_index(
@@ -674,6 +708,102 @@ def remove(
         click.echo(json.dumps(to_json(removed), indent=2))
         return
     click.echo(f"removed {len(wanted)} id(s) from {name}")
+
+
+@cli.command()
+@index_option
+@click.option("--ids", required=True, help="Ids to relabel: 5,7,10-20.")
+@click.option("--class", "class_name", required=True, help="The class they really are.")
+@format_option
+@_errors_to_messages
+def relabel(index_name: str, ids: str, class_name: str, output_format: str) -> None:
+    """Store images under another class (e.g. suspects from audit), without a rebuild.
+
+    Atomic like add and remove: a new bundle version is published, or nothing changes.
+    """
+    from siamindex.index import Index
+    from siamindex.query import Relabelled, to_json
+
+    wanted = sorted(set(_parse_ids(ids)))
+    index = Index.open(index_name)
+    index.relabel(wanted, class_name)
+    if output_format == "json":
+        done = Relabelled(str(index.path), class_name, wanted, len(index.store.rows))
+        click.echo(json.dumps(to_json(done), indent=2))
+        return
+    click.echo(f"relabelled {len(wanted)} id(s) in {index_name} as class {class_name}")
+
+
+@cli.command()
+@index_option
+@click.option(
+    "-k",
+    "--neighbours",
+    "k",
+    type=click.IntRange(min=1, max=1000),
+    default=10,
+    show_default=True,
+    help="Stored neighbours each image is compared with.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="List this many suspects (all: --top with the index size).",
+)
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw each listed suspect beside its neighbours, with labels, into this PNG.",
+)
+@output_option
+@_errors_to_messages
+def audit(index_name: str, k: int, top: int, figure: str | None, output_format: str) -> None:
+    """List stored images whose label their nearest stored images disagree with.
+
+    Ranked by the share of the k nearest labelled otherwise, then by how much closer another
+    class is than their own. Fix one with relabel --ids ID --class C, or remove --ids ID.
+    """
+    from siamindex.curation import Audit, suspects_figure
+    from siamindex.index import Index
+    from siamindex.query import to_json
+
+    if figure is not None and not figure.lower().endswith(".png"):
+        raise click.BadParameter(f"'{figure}' must end in .png.", param_hint="--figure")
+    index = Index.open(index_name)
+    found = index.audit(k)
+    listed = found[:top]
+    if figure is not None:
+        suspects_figure(index.store, listed, Path(figure))
+    result = Audit(str(index.path), k, len(index.store.rows), len(found), listed)
+    if output_format == "json":
+        click.echo(json.dumps(to_json(result), indent=2))
+        return
+    header = ["id", "class", "suggested", "disagreement", "margin", "split", "source_index"]
+    rows = [
+        [
+            s.id,
+            s.class_name,
+            s.suggested,
+            _number(s.disagreement),
+            _number(s.margin),
+            s.split,
+            s.source_index,
+        ]
+        for s in listed
+    ]
+    if output_format == "csv":
+        _emit_csv(header, rows)
+        return
+    click.echo(_table([[str(cell) for cell in row] for row in rows], header))
+    click.echo(
+        f"\n{len(found)} of {len(index.store.rows)} stored images have a neighbour of another "
+        f"class among their {k} nearest; {len(listed)} listed"
+        + (f", drawn in {figure}" if figure else "")
+        + ". Fix with: siamindex relabel --ids ID --class C, or siamindex remove --ids ID."
+    )
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -83,6 +83,63 @@ class Dataset:
         )
 
 
+def parse_classes(text: str, class_names: Sequence[str]) -> tuple[str, ...]:
+    """Class names from ``"0-5"``, ``"0,2,7"`` or ``"0-3,7"`` (a range runs over
+    ``class_names`` in their order), each once, in the dataset's order.
+
+    Raises:
+        DataError: a name is unknown, a range runs backwards, or nothing is named.
+    """
+    known = list(class_names)
+    chosen: set[str] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, _, last = part.partition("-") if part not in known else (part, "", "")
+        ends = [first.strip(), (last or first).strip()]
+        unknown = [name for name in ends if name not in known]
+        if unknown:
+            raise DataError(
+                f"Unknown class '{unknown[0]}' in '{text}'; the classes are "
+                f"{', '.join(known)} (give names or ranges, e.g. 0-5 or 0,2,7)."
+            )
+        start, stop = (known.index(name) for name in ends)
+        if stop < start:
+            raise DataError(f"Range '{part}' runs backwards; write it as {ends[1]}-{ends[0]}.")
+        chosen.update(known[start : stop + 1])
+    if not chosen:
+        raise DataError(f"No class named in '{text}'; give names or ranges, e.g. 0-5 or 0,2,7.")
+    return tuple(name for name in known if name in chosen)
+
+
+def only_classes(dataset: Dataset, names: Sequence[str]) -> Dataset:
+    """The rows of ``dataset`` whose class is named (labels and class names unchanged)."""
+    wanted = [dataset.class_names.index(name) for name in names]
+    return dataset.subset(np.flatnonzero(np.isin(dataset.labels, wanted)))
+
+
+def balanced_sample(dataset: Dataset, count: int, rng: np.random.Generator) -> Dataset:
+    """``count`` rows drawn without replacement, as evenly over the classes as they allow
+    (the first ``count % classes`` classes in a random order get one more), in file order.
+
+    Raises:
+        DataError: the dataset holds fewer than ``count`` rows.
+    """
+    if count > len(dataset):
+        raise DataError(f"Asked for {count} images but the dataset holds {len(dataset)}.")
+    classes = rng.permutation(np.unique(dataset.labels))
+    rows_of = {c: rng.permutation(np.flatnonzero(dataset.labels == c)) for c in classes}
+    taken = {c: 0 for c in classes}
+    left = count
+    while left:  # round-robin, skipping classes that ran out
+        for c in classes:
+            if left and taken[c] < len(rows_of[c]):
+                taken[c] += 1
+                left -= 1
+    rows = np.concatenate([rows_of[c][: taken[c]] for c in classes])
+    return dataset.subset(np.sort(rows))
+
+
 def bundled_mnist_dir() -> Path:
     """Folder of the MNIST files shipped in the package."""
     return Path(str(resources.files("siamindex.datasets") / "mnist"))

@@ -42,6 +42,9 @@ DEFAULT_SUPPORT = 3
 # generated non-digits among the false claims it is calibrated on (bundled MNIST only).
 DEFAULT_MIN_RECALL = 0.99
 DEFAULT_OPEN_SET = 2000
+# A class added after the build (add --new-class) gets its own threshold once it has this many
+# members (leave-one-out over fewer is mostly noise); until then it uses the global one.
+LATE_CLASS_MIN_MEMBERS = 10
 
 # Old spelling -> current spelling, per kind of value.
 ALIASES: dict[str, dict[str, str]] = {

@@ -15,7 +15,7 @@ import numpy as np
 
 from siamindex import metrics
 from siamindex.data import load_dataset
-from siamindex.defaults import ARTICLE_THRESHOLD, DEFAULT_SUPPORT
+from siamindex.defaults import ARTICLE_THRESHOLD, DEFAULT_SUPPORT, LATE_CLASS_MIN_MEMBERS
 from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, make_pairs
 from siamindex.search import ClassPartition, exact_search, flat_index
 
@@ -207,6 +207,35 @@ def fit_probability(distances: np.ndarray, is_member: np.ndarray) -> np.ndarray:
     fit = IsotonicRegression(increasing=False, y_min=0.0, y_max=1.0, out_of_bounds="clip")
     fit.fit(np.asarray(distances, np.float64), np.asarray(is_member, np.float64))
     return np.stack([fit.X_thresholds_, fit.y_thresholds_]).astype(np.float64)
+
+
+def calibrate_class(
+    stored: np.ndarray,
+    labels: np.ndarray,
+    label: int,
+    rng: np.random.Generator,
+    support: int = DEFAULT_SUPPORT,
+    sample: int = CALIBRATION_SAMPLE // 10,
+) -> float | None:
+    """One class's own threshold: its members each claimed as it (leave-one-out) against
+    stored images of the other classes claimed as it, weighed as many as the true claims, at
+    max F1. None when the class has fewer than ``LATE_CLASS_MIN_MEMBERS`` members or no other
+    class is stored.
+    """
+    labels = np.asarray(labels)
+    members, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
+    if len(members) < LATE_CLASS_MIN_MEMBERS or not len(others):
+        return None
+    members = np.sort(rng.choice(members, size=min(sample, len(members)), replace=False))
+    others = np.sort(rng.choice(others, size=min(sample, len(others)), replace=False))
+    partition = ClassPartition(stored, labels)
+    claimed = np.full(len(members), label)
+    true_side = partition.nearest(stored[members], claimed, exclude_rows=members, support=support)
+    false_side = partition.nearest(stored[others], np.full(len(others), label), support=support)
+    distances = np.concatenate([true_side[2], false_side[2]])
+    truth = np.concatenate([np.ones(len(members), bool), np.zeros(len(others), bool)])
+    weights = np.where(truth, 1.0, len(members) / len(others))
+    return metrics.max_f1_threshold(distances, truth, weights)[0]
 
 
 def _ordinal(n: int) -> str:

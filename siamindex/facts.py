@@ -47,6 +47,8 @@ class IndexFacts:
         created: ISO time of the build.
         versions: library versions at build time.
         next_id: the next id ``add`` hands out (ids are never reused).
+        late_classes: classes added after the build (``add --new-class``); each has its own
+            threshold, recalibrated on every change, once it has enough members.
         format_version: the bundle format.
     """
 
@@ -70,6 +72,7 @@ class IndexFacts:
     created: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     next_id: int = 0
+    late_classes: tuple[str, ...] = ()
     format_version: int | None = None
 
     @classmethod
@@ -91,8 +94,9 @@ class IndexFacts:
                 break
         if values.get("target_precision") == -1.0:
             del values["target_precision"]  # -1 stood for "none" in bundles of 0.1.0
-        if "splits" in values:
-            values["splits"] = tuple(values["splits"])
+        for key in ("splits", "late_classes"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def to_attrs(self) -> dict[str, Any]:

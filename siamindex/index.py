@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from siamindex import blas, bundle
+from siamindex import blas, bundle, curation
 from siamindex.embedding import Embedder, embed_distinct, load_embedder
 from siamindex.errors import BadSearchSetting, DataError, IncompatibleIndex
 from siamindex.facts import IndexFacts
@@ -366,7 +366,8 @@ class Index:
         vectors = self.embed(images)
 
         def change(store: IndexStore) -> IndexStore:
-            store = store.with_class(class_name)
+            if class_name not in store.class_names:
+                store = curation.with_late_class(store, class_name)
             rows = Rows(
                 ids=np.zeros(len(images), dtype=np.int64),
                 labels=np.full(len(images), store.class_names.index(class_name), dtype=np.int64),
@@ -376,10 +377,32 @@ class Index:
                 embeddings=vectors,
                 images=np.asarray(images, dtype=np.uint8),
             )
-            return store.add(rows)
+            return curation.recalibrate(store.add(rows), [class_name])
 
         self._change(change)
         return self.store.rows.ids[-len(images) :]
+
+    def relabel(self, ids: Sequence[int] | np.ndarray, class_name: str) -> None:
+        """Store the given ids as class ``class_name`` (vectors and ids unchanged); publishes
+        a new bundle version. Late classes it touches are recalibrated.
+
+        Raises:
+            DataError: an id is not in the index, or the class is unknown.
+        """
+        label = self.class_index(str(class_name))
+        ids = curation.stored_ids(self.store, ids, self.path)
+
+        def change(store: IndexStore) -> IndexStore:
+            rows = store.rows_of(ids)
+            touched = {store.class_names[c] for c in store.rows.labels[rows]} | {str(class_name)}
+            return curation.recalibrate(store.relabel(rows, label), touched)
+
+        self._change(change)
+
+    def audit(self, k: int = curation.DEFAULT_AUDIT_NEIGHBOURS) -> list[curation.Suspect]:
+        """Stored images whose label their ``k`` nearest stored images disagree with, most
+        suspect first (``curation.suspects``; DataError for k below 1)."""
+        return curation.suspects(self.store, k)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> None:
         """Remove stored ids; publishes a new bundle version. Other ids stay as they were.
@@ -387,18 +410,17 @@ class Index:
         Raises:
             DataError: an id is not in the index, or every row would go.
         """
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
-        try:
-            self.store.rows_of(ids)
-        except KeyError as exc:
-            raise DataError(
-                f"Id(s) {exc.args[0]} are not in index '{self.path}'; see `siamindex info`."
-            ) from None
+        ids = curation.stored_ids(self.store, ids, self.path)
         if len(ids) >= len(self.store.rows):
             raise DataError(
                 "Removing every row would leave an empty index; build a new one instead."
             )
-        self._change(lambda store: store.remove(ids))
+
+        def change(store: IndexStore) -> IndexStore:
+            touched = {store.class_names[c] for c in store.rows.labels[store.rows_of(ids)]}
+            return curation.recalibrate(store.remove(ids), touched)
+
+        self._change(change)
 
     def _change(self, change: Callable[[IndexStore], IndexStore]) -> None:
         with bundle.writer_lock(self.path):

@@ -42,11 +42,14 @@ def roc_auc(distances: np.ndarray, is_same: np.ndarray) -> float:
     return float(roc_auc_score(np.asarray(is_same) == 1, -np.asarray(distances, dtype=np.float64)))
 
 
-def max_f1_threshold(distances: np.ndarray, is_member: np.ndarray) -> tuple[float, float]:
+def max_f1_threshold(
+    distances: np.ndarray, is_member: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, float]:
     """The distance threshold with the highest F1 when "member" means distance <= threshold.
 
     The threshold returned lies halfway between the last distance accepted and the next one
-    rejected, so that it does not sit on a training point.
+    rejected, so that it does not sit on a training point. ``weights`` (one per claim) count
+    some claims more than others, e.g. to weigh few true claims as much as many false ones.
 
     Returns:
         (threshold, f1 at that threshold).
@@ -54,7 +57,9 @@ def max_f1_threshold(distances: np.ndarray, is_member: np.ndarray) -> tuple[floa
     from sklearn.metrics import precision_recall_curve
 
     distances = np.asarray(distances, dtype=np.float64)
-    precision, recall, thresholds = precision_recall_curve(np.asarray(is_member) == 1, -distances)
+    precision, recall, thresholds = precision_recall_curve(
+        np.asarray(is_member) == 1, -distances, sample_weight=weights
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     best = int(np.argmax(f1[:-1]))

@@ -101,6 +101,18 @@ class Added:
     class_name: str = field(metadata=_CLASS)
     ids: list[int] = field(default_factory=list)
     count: int = 0
+    class_threshold: float | None = None  # the class's own threshold, if it has one
+    threshold_note: str | None = None  # for a class added after the build: how it is judged
+
+
+@dataclass(frozen=True)
+class Relabelled:
+    """Ids stored under a new class, and the index's size."""
+
+    index: str
+    class_name: str = field(metadata=_CLASS)
+    relabelled: list[int] = field(default_factory=list)
+    count: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,8 @@ def check_membership(
         vectors: (n, embedding_dim) float32.
         names: (n,) query names.
         classes: (n,) int class position claimed for each vector.
-        per_class: use each class's calibrated threshold (falling back to the global one).
+        per_class: use each class's calibrated threshold (falling back to the global one);
+            classes added after the build use theirs in any case.
         true_labels: (n,) optional int class position of the truth (-1: unknown).
         nprobe: search each class's IVF sub-index with this many lists (approximate, faster).
     """
@@ -212,11 +225,13 @@ def check_membership(
     )
     thresholds = np.full(len(classes), store.facts.threshold)
     kinds = np.full(len(classes), "global", dtype=object)
-    if per_class:
-        own = store.class_thresholds[classes]
-        calibrated = np.isfinite(own)
-        thresholds = np.where(calibrated, own, thresholds)
-        kinds[calibrated] = "per-class"
+    # A class added after the build is judged by its own threshold (the global one was never
+    # fitted on it) once it has one; every class is when asked.
+    late = [store.class_names.index(name) for name in store.facts.late_classes]
+    own = store.class_thresholds[classes]
+    judged = np.isfinite(own) & (per_class | np.isin(classes, late))
+    thresholds = np.where(judged, own, thresholds)
+    kinds[judged] = "per-class"
     ids = np.where(rows >= 0, store.rows.ids[np.maximum(rows, 0)], -1)
     names_of = store.class_names
     chances = _probabilities(store, support_distances)

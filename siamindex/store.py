@@ -302,6 +302,12 @@ class IndexStore:
         facts = replace(self.facts, next_id=start + len(new))
         return replace(self, index=index, rows=self.rows.concat(new), facts=facts)
 
+    def relabel(self, rows: np.ndarray, label: int) -> IndexStore:
+        """A copy with the given row positions labelled ``label`` (vectors and ids unchanged)."""
+        labels = self.rows.labels.copy()
+        labels[np.asarray(rows, dtype=np.int64)] = label
+        return replace(self, rows=replace(self.rows, labels=labels))
+
     def remove(self, ids: np.ndarray) -> IndexStore:
         """A copy without the given ids (which must be stored). Other ids do not change."""
         import faiss

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from siamindex import model as encoders
-from siamindex.data import Dataset, load_dataset, sha256_file
+from siamindex.data import Dataset, balanced_sample, load_dataset, only_classes, sha256_file
 from siamindex.defaults import (
     ARCHITECTURES,
     ARTICLE_THRESHOLD,
@@ -23,6 +23,7 @@ from siamindex.defaults import (
     SAMPLERS,
     canonical,
 )
+from siamindex.errors import DataError
 from siamindex.evaluation import pair_distances, pair_metrics
 from siamindex.metrics import max_accuracy_threshold
 from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, ARTICLE_TRAIN_SAME_FRACTION, make_pairs
@@ -57,6 +58,8 @@ class TrainConfig:
     align_threshold: bool = True
     augment: bool | None = None
     outlier_share: float | None = None
+    classes: tuple[str, ...] | None = None
+    labelled: int | None = None
 
     def resolved(self) -> TrainConfig:
         """The same settings with every default filled in, and validated."""
@@ -79,6 +82,8 @@ class TrainConfig:
             if self.outlier_share is None
             else self.outlier_share
         )
+        if self.labelled is not None and self.labelled < 10:
+            raise ValueError(f"labelled images must be at least 10, got {self.labelled}")
         if not 0 <= outlier_share < 0.5:
             raise ValueError(f"outlier share must be in [0, 0.5), got {outlier_share}")
         if (augment or outlier_share) and sampler != "in-batch":
@@ -226,7 +231,7 @@ def _robust_batches(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[
         batches = tf.data.Dataset.zip(batches, outliers).map(
             lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))
         )
-    return batches.prefetch(tf.data.AUTOTUNE), len(y) // digits_per_batch
+    return batches.prefetch(tf.data.AUTOTUNE), max(1, len(y) // digits_per_batch)
 
 
 def _training_task(
@@ -377,9 +382,19 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
 def _load_parts(config: TrainConfig, rng: np.random.Generator) -> tuple[Dataset, Dataset, Dataset]:
     """(train part, validation part, test split), cut to the config's sizes."""
     full = load_dataset(config.data_dir, "train")
+    test = load_dataset(config.data_dir, "test")
+    if config.classes is not None:
+        unknown = [name for name in config.classes if name not in full.class_names]
+        if unknown:
+            raise DataError(
+                f"Unknown class '{unknown[0]}'; the dataset's classes are "
+                f"{', '.join(full.class_names)}."
+            )
+        full, test = only_classes(full, config.classes), only_classes(test, config.classes)
     if config.train_size:
         full = full.subset(slice(0, config.train_size))
-    test = load_dataset(config.data_dir, "test")
+    if config.labelled:
+        full = balanced_sample(full, config.labelled, rng)
     if config.test_size:
         test = test.subset(slice(0, config.test_size))
     train_part, val_part = split_validation(full, config.val_fraction, rng)

@@ -20,9 +20,19 @@ class Mapping:
         self.value = value
 
 
+class Nullable:
+    """A JSON value of the given schema, or null."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def assert_schema(value: Any, schema: Any, where: str = "$") -> None:
     """Fail with the JSON path of the first field that differs from ``schema``."""
-    if isinstance(schema, dict):
+    if isinstance(schema, Nullable):
+        if value is not None:
+            assert_schema(value, schema.value, where)
+    elif isinstance(schema, dict):
         assert isinstance(value, dict), f"{where}: {type(value).__name__}, expected an object"
         assert set(value) == set(schema), (
             f"{where}: fields {sorted(set(value) ^ set(schema))} differ from the pinned schema"
@@ -66,6 +76,7 @@ FACTS = {
     "created": str,
     "versions": Mapping(str),
     "next_id": int,
+    "late_classes": [str],
     "format_version": int,
 }
 INFO = {
@@ -138,7 +149,27 @@ CHECK_CSV = [
     "probability",
 ]
 COMPARE = {"first": str, "second": str, "distance": float, "threshold": float, "same": bool}
-ADD = {"index": str, "class": str, "ids": [int], "count": int}
+ADD = {
+    "index": str,
+    "class": str,
+    "ids": [int],
+    "count": int,
+    "class_threshold": OPTIONAL_FLOAT,
+    "threshold_note": (str, type(None)),
+}
+RELABEL = {"index": str, "class": str, "relabelled": [int], "count": int}
+SUSPECT = {
+    "id": int,
+    "class": str,
+    "suggested": str,
+    "disagreement": float,
+    "margin": OPTIONAL_FLOAT,
+    "neighbour_ids": [int],
+    "neighbour_classes": [str],
+    "source_index": int,
+    "split": str,
+}
+AUDIT = {"index": str, "k": int, "count": int, "flagged": int, "suspects": [SUSPECT]}
 REMOVE = {"index": str, "removed": [int], "count": int}
 SPLITS3 = {"train": float, "val": float, "test": float}
 TRAIN = {
@@ -161,6 +192,8 @@ TRAIN = {
         "align_threshold": bool,
         "augment": bool,
         "outlier_share": float,
+        "classes": Nullable([str]),
+        "labelled": (int, type(None)),
         "article_reproduction": bool,
     },
     "optimizer": str,

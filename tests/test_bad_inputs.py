@@ -18,7 +18,17 @@ from PIL import Image
 from siamindex.build import BuildSettings, build_index
 from siamindex.cli import cli
 
-INDEX_COMMANDS = ("query", "check", "compare", "add", "remove", "info", "report")
+INDEX_COMMANDS = (
+    "query",
+    "check",
+    "compare",
+    "add",
+    "remove",
+    "relabel",
+    "audit",
+    "info",
+    "report",
+)
 TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 
 
@@ -175,6 +185,18 @@ CASES = [
     (["remove", "--ids", "9-2"], 2, "'9-2' is not an id or range"),
     (["remove", "--ids", "123456"], 1, "are not in index"),
     (["remove", "--ids", "0-399"], 1, "would leave an empty index"),
+    (["relabel", "--ids", "3", "--class", "eleven"], 1, "Unknown class 'eleven'"),
+    (["relabel", "--ids", "123456", "--class", "3"], 1, "are not in index"),
+    (["relabel", "--ids", "x", "--class", "3"], 2, "'x' is not an id or range"),
+    (["relabel", "--ids", "3"], 2, "Missing option '--class'"),
+    (["audit", "-k", "0"], 2, "0 is not in the range 1<=x<=1000"),
+    (["audit", "--top", "0"], 2, "0 is not in the range x>=1"),
+    (["audit", "--figure", "{root}/out.jpg"], 2, "out.jpg' must end in .png"),
+    (["audit", "--index", "nosuch"], 1, "No index at"),
+    (["train", "--classes", "0-12", "-q"], 1, "Unknown class '12' in '0-12'"),
+    (["train", "--classes", "5-2", "-q"], 1, "Range '5-2' runs backwards"),
+    (["train", "--classes", ",", "-q"], 1, "No class named in ','"),
+    (["train", "--labelled", "5"], 2, "5 is not in the range x>=10"),
     (["compare", "mnist:test:0"], 2, "Missing argument 'SECOND'"),
     (["compare", "mnist:test:0", f"{F}/stack.npy"], 2, "exactly two images"),
     (

@@ -148,3 +148,40 @@ def test_garbage_image_file(tmp_path):
 def test_missing_data_folder():
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("/nonexistent/folder", "train")
+
+
+def test_parse_classes_reads_names_and_ranges_in_the_dataset_order():
+    from siamindex.data import parse_classes
+
+    digits = [str(d) for d in range(10)]
+    assert parse_classes("0-5", digits) == ("0", "1", "2", "3", "4", "5")
+    assert parse_classes("7, 2,0-1,2", digits) == ("0", "1", "2", "7")
+    assert parse_classes("t-shirt,bag", ["t-shirt", "bag", "coat"]) == ("t-shirt", "bag")
+    for text, message in [
+        ("0-12", "Unknown class '12' in '0-12'"),
+        ("cat", "Unknown class 'cat'"),
+        ("5-2", "Range '5-2' runs backwards; write it as 2-5"),
+        (" , ", "No class named"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            parse_classes(text, digits)
+
+
+def test_balanced_sample_spreads_over_the_classes_seeded(mnist_train):
+    from siamindex.data import balanced_sample, only_classes
+
+    picked = balanced_sample(mnist_train, 105, np.random.default_rng(3))
+    counts = np.bincount(picked.labels, minlength=10)
+    assert counts.sum() == 105 and set(counts) == {10, 11}
+    assert np.all(np.diff(picked.source_index) > 0)  # file order, no repeats
+    again = balanced_sample(mnist_train, 105, np.random.default_rng(3))
+    np.testing.assert_array_equal(picked.source_index, again.source_index)
+    # A class that runs out leaves its share to the others.
+    few = only_classes(mnist_train.subset(slice(0, 2000)), ["0", "1"])
+    small = few.subset(
+        np.concatenate([np.flatnonzero(few.labels == 0)[:3], np.flatnonzero(few.labels == 1)])
+    )
+    taken = balanced_sample(small, 20, np.random.default_rng(0))
+    assert np.bincount(taken.labels, minlength=2)[:2].tolist() == [3, 17]
+    with pytest.raises(DataError, match="Asked for 99999 images"):
+        balanced_sample(small, 99999, np.random.default_rng(0))

@@ -18,11 +18,13 @@ def test_round_trip_through_attributes():
         versions={"faiss": "1.15"},
         target_precision=None,
         next_id=70_000,
+        late_classes=("cat", "dog"),
     )
     attrs = facts.to_attrs()
     assert "target_precision" not in attrs  # None is left out (HDF5 has no null)
     assert json.loads(attrs["splits"]) == ["train", "test"]
-    decoded = {k: json.loads(v) if k in ("splits", "versions") else v for k, v in attrs.items()}
+    listed = ("splits", "versions", "late_classes")
+    decoded = {k: json.loads(v) if k in listed else v for k, v in attrs.items()}
     assert IndexFacts.from_attrs(decoded) == facts
 
 

@@ -135,3 +135,19 @@ def test_outlier_exposure_pushes_non_digits_away(tmp_path, mnist_test):
         return np.median(to_digit) / np.median(digit_gap)
 
     assert spread(0.25) > 1.15 * spread(0.0)  # 1.26x on this machine
+
+
+def test_classes_and_labelled_choose_what_training_sees():
+    from siamindex.errors import DataError
+    from siamindex.training import _load_parts
+
+    config = TrainConfig(classes=("0", "3", "5"), labelled=60, test_size=200)
+    train_part, val_part, test = _load_parts(config, np.random.default_rng(0))
+    assert len(train_part) + len(val_part) == 60
+    seen = np.concatenate([train_part.labels, val_part.labels])
+    assert np.bincount(seen, minlength=10).tolist() == [20, 0, 0, 20, 0, 20, 0, 0, 0, 0]
+    assert set(test.labels.tolist()) == {0, 3, 5} and len(test) == 200
+    with pytest.raises(DataError, match="Unknown class 'x'"):
+        _load_parts(TrainConfig(classes=("0", "x")), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="labelled images must be at least 10"):
+        TrainConfig(labelled=5).resolved()

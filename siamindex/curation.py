@@ -1,0 +1,263 @@
+"""Looking after an index's labels: thresholds for classes added late, and stored images whose
+label disagrees with their neighbourhood (``audit``).
+
+Everything here works on an ``IndexStore`` and returns a new one or plain results; ``Index``
+publishes the changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from siamindex.defaults import LATE_CLASS_MIN_MEMBERS
+from siamindex.errors import DataError
+from siamindex.evaluation import calibrate_class
+from siamindex.query import Added
+from siamindex.search import ClassPartition
+from siamindex.store import IndexStore
+
+DEFAULT_AUDIT_NEIGHBOURS = 10
+
+
+def with_late_class(store: IndexStore, class_name: str) -> IndexStore:
+    """A copy that knows ``class_name`` as a class added after the build."""
+    store = store.with_class(class_name)
+    if class_name in store.facts.late_classes:
+        return store
+    facts = replace(store.facts, late_classes=(*store.facts.late_classes, class_name))
+    return replace(store, facts=facts)
+
+
+def recalibrate(store: IndexStore, class_names: Iterable[str], seed: int = 0) -> IndexStore:
+    """A copy where each named late class has its own threshold calibrated on its current
+    members (``evaluation.calibrate_class``), or none (NaN: the global one applies) while it
+    has too few. Classes that are not late keep the threshold of the build."""
+    thresholds = store.class_thresholds.astype(np.float64).copy()
+    for name in sorted(set(class_names) & set(store.facts.late_classes)):
+        label = store.class_names.index(name)
+        found = calibrate_class(
+            store.rows.embeddings,
+            store.rows.labels,
+            label,
+            np.random.default_rng(seed),
+            support=store.facts.support,
+        )
+        thresholds[label] = np.nan if found is None else found
+    return replace(store, class_thresholds=thresholds)
+
+
+def stored_ids(store: IndexStore, ids: Iterable[int] | np.ndarray, where: object) -> np.ndarray:
+    """The distinct ids given, all stored in the index at ``where``.
+
+    Raises:
+        DataError: an id is not in the index.
+    """
+    ids = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, np.int64))
+    try:
+        store.rows_of(ids)
+    except KeyError as exc:
+        raise DataError(
+            f"Id(s) {exc.args[0]} are not in index '{where}'; see `siamindex info`."
+        ) from None
+    return ids
+
+
+def added(store: IndexStore, index: str, class_name: str, ids: np.ndarray) -> Added:
+    """What ``add`` reports: the new ids, and how claims about the class are now judged."""
+    own = store.class_thresholds[store.class_names.index(class_name)]
+    return Added(
+        index,
+        class_name,
+        [int(i) for i in ids],
+        len(store.rows),
+        class_threshold=float(own) if np.isfinite(own) else None,
+        threshold_note=late_class_note(store, class_name),
+    )
+
+
+def late_class_note(store: IndexStore, class_name: str) -> str | None:
+    """One line on a late class's threshold, or None for a class of the build."""
+    if class_name not in store.facts.late_classes:
+        return None
+    label = store.class_names.index(class_name)
+    members = int(np.sum(store.rows.labels == label))
+    own = store.class_thresholds[label]
+    if np.isfinite(own):
+        return (
+            f"class '{class_name}' ({members} members, added after the build) has its own "
+            f"threshold {own:.4f}, recalibrated on its members against the other classes."
+        )
+    return (
+        f"class '{class_name}' has {members} members, fewer than {LATE_CLASS_MIN_MEMBERS} to "
+        f"calibrate its own threshold; it uses the global threshold "
+        f"{store.facts.threshold:.4f} until it has {LATE_CLASS_MIN_MEMBERS}."
+    )
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A stored image whose label its neighbourhood disagrees with.
+
+    Attributes:
+        id: its stored id.
+        class_name: the label it is stored with.
+        suggested: the most common label among its neighbours of other classes.
+        disagreement: the share of its k nearest stored images labelled otherwise.
+        margin: distance to its nearest stored image of its own class minus distance to its
+            nearest image of another class (positive: another class is closer); None when it
+            is the only image of its class.
+        neighbour_ids: its k nearest stored ids, nearest first.
+        neighbour_classes: their labels.
+        source_index: its row in the source dataset (-1 for added images).
+        split: the split it came from ("added" for added images).
+    """
+
+    id: int
+    class_name: str = field(metadata={"json": "class"})
+    suggested: str = ""
+    disagreement: float = 0.0
+    margin: float | None = None
+    neighbour_ids: tuple[int, ...] = ()
+    neighbour_classes: tuple[str, ...] = ()
+    source_index: int = -1
+    split: str = ""
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What ``audit`` reports: the most suspect stored images first.
+
+    Attributes:
+        index: the index audited.
+        k: neighbours looked at per image.
+        count: stored images.
+        flagged: images with at least one neighbour of another class (``suspects`` may list
+            only the first of them).
+    """
+
+    index: str
+    k: int
+    count: int
+    flagged: int
+    suspects: list[Suspect]
+
+
+def suspects(store: IndexStore, k: int = DEFAULT_AUDIT_NEIGHBOURS) -> list[Suspect]:
+    """Stored images with at least one of their ``k`` nearest stored images labelled
+    otherwise, most suspect first: by the share of such neighbours, then by margin.
+
+    The neighbours come from the index itself (exact, or its own approximate search), the
+    image itself left out.
+
+    Raises:
+        DataError: k is below 1.
+    """
+    if k < 1:
+        raise DataError(f"k must be at least 1, got {k}; ask for 10 neighbours, say.")
+    rows = store.rows
+    count = len(rows)
+    if count < 2:
+        return []
+    k = min(k, count - 1)
+    _, ids = store.search(rows.embeddings, k + 1)
+    found = np.where(ids >= 0, store.rows_of(np.where(ids >= 0, ids, rows.ids[0])), -1)
+    itself = found == np.arange(count)[:, None]
+    # Each row's own neighbours without itself (the first k others, nearest first).
+    order = np.argsort(itself, axis=1, kind="stable")
+    neighbours = np.take_along_axis(found, order, axis=1)[:, :k]
+    labels = rows.labels
+    other = (neighbours >= 0) & (labels[np.maximum(neighbours, 0)] != labels[:, None])
+    disagreement = other.mean(axis=1)
+    flagged = np.flatnonzero(disagreement > 0)
+    if not flagged.size:
+        return []
+    margin = _margins(store, flagged)
+    ranked = flagged[np.lexsort((-margin, -disagreement[flagged]))]
+    margin_of = dict(zip(flagged.tolist(), margin.tolist(), strict=True))
+    names = store.class_names
+    out = []
+    for row in ranked.tolist():
+        near = neighbours[row][neighbours[row] >= 0]
+        others = labels[near][labels[near] != labels[row]]
+        values, counts = np.unique(others, return_counts=True)
+        # the most common other label; among equals, the one met first
+        firsts = np.array([np.flatnonzero(labels[near] == v)[0] for v in values])
+        best = values[np.lexsort((firsts, -counts))[0]]
+        out.append(
+            Suspect(
+                id=int(rows.ids[row]),
+                class_name=names[labels[row]],
+                suggested=names[best],
+                disagreement=float(disagreement[row]),
+                margin=float(margin_of[row]) if np.isfinite(margin_of[row]) else None,
+                neighbour_ids=tuple(int(i) for i in rows.ids[near]),
+                neighbour_classes=tuple(names[c] for c in labels[near]),
+                source_index=int(rows.source_index[row]),
+                split=str(rows.split[row]),
+            )
+        )
+    return out
+
+
+def _margins(store: IndexStore, rows: np.ndarray) -> np.ndarray:
+    """For each row, distance to its nearest own-class member minus distance to its nearest
+    member of any other class (exact, the row itself left out)."""
+    labels = store.rows.labels
+    vectors = store.rows.embeddings[rows]
+    partition = ClassPartition(store.rows.embeddings, labels)
+    own, _, _ = partition.nearest(vectors, labels[rows], exclude_rows=rows)
+    nearest_other = np.full(len(rows), np.inf, dtype=np.float32)
+    for label in np.unique(labels):
+        is_other = labels[rows] != label
+        if is_other.any():
+            found, _, _ = partition.nearest(vectors[is_other], np.full(is_other.sum(), label))
+            nearest_other[is_other] = np.minimum(nearest_other[is_other], found)
+    return np.asarray(own - nearest_other, dtype=np.float64)
+
+
+def suspects_figure(store: IndexStore, listed: list[Suspect], path: Path) -> None:
+    """Draw each suspect (first column, its label and the suggested one) beside its
+    neighbours (with their labels) into a PNG, written whole or not at all.
+
+    Raises:
+        DataError: the bundle keeps no pixels (built before stored images), or none listed.
+    """
+    if not listed:
+        raise DataError("No suspects to draw: no stored image disagrees with its neighbours.")
+    shown = [[s.id, *s.neighbour_ids] for s in listed]
+    pixels = store.image_rows(store.rows_of(np.concatenate(shown)))
+    if pixels is None:
+        raise DataError(
+            "This index keeps no stored pixels to draw (built before they were stored); "
+            "rebuild it with build-index, or leave out --figure."
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(row) for row in shown)
+    figure, axes = plt.subplots(
+        len(listed), columns, figsize=(1.1 * columns, 1.25 * len(listed)), squeeze=False
+    )
+    at = 0
+    for axes_row, suspect, ids in zip(axes, listed, shown, strict=True):
+        labels = [f"{suspect.class_name}? {suspect.suggested}", *suspect.neighbour_classes]
+        for column, ax in enumerate(axes_row):
+            ax.axis("off")
+            if column < len(ids):
+                ax.imshow(pixels[at + column], cmap="gray", vmin=0, vmax=255)
+                colour = "crimson" if column == 0 else "black"
+                ax.set_title(f"{ids[column]}: {labels[column]}", fontsize=6, color=colour)
+        at += len(ids)
+    figure.suptitle("Stored images whose neighbours disagree (left: stored label? suggested)")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
+    temporary.replace(path)
