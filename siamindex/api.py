@@ -21,12 +21,13 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from siamindex import curation
 from siamindex.errors import (
     BadSearchSetting,
     DataError,
@@ -35,7 +36,7 @@ from siamindex.errors import (
     ItemNotFound,
     SiamIndexError,
 )
-from siamindex.query import Added, Removed, membership_summary, to_json
+from siamindex.query import Relabelled, Removed, membership_summary, to_json
 from siamindex.service import IndexHolder, Limits, Served, decode_upload, index_key
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,12 @@ class PrepareBody(BaseModel):
 class RemoveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ids: list[int] = Field(min_length=1)
+
+
+class RelabelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    ids: list[int] = Field(min_length=1)
+    class_name: str = Field(alias="class", min_length=1)
 
 
 # -- the envelope and errors ---------------------------------------------------------------
@@ -359,9 +366,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         ids = await asyncio.to_thread(writer.add, pixels, body.class_name, body.new_class)
         if holder is not None:
             await holder.refresh()
-        added = Added(
-            str(writer.path), body.class_name, [int(i) for i in ids], len(writer.store.rows)
-        )
+        added = curation.added(writer.store, str(writer.path), body.class_name, ids)
         return envelope(to_json(added), started)
 
     @app.post("/v1/indexes/{name}/remove")
@@ -375,6 +380,34 @@ def create_app(config: ServeConfig) -> FastAPI:
         if holder is not None:
             await holder.refresh()
         return envelope(to_json(Removed(str(writer.path), wanted, len(writer.store.rows))), started)
+
+    @app.post("/v1/indexes/{name}/relabel")
+    async def relabel(name: str, body: RelabelBody, request: Request) -> Response:
+        started = time.perf_counter()
+        authorize(request, write=True)
+        holder, current = holders.get(name), served(name)
+        writer = api_support.writer(current)
+        wanted = sorted(set(body.ids))
+        await asyncio.to_thread(writer.relabel, wanted, body.class_name)
+        if holder is not None:
+            await holder.refresh()
+        done = Relabelled(str(writer.path), body.class_name, wanted, len(writer.store.rows))
+        return envelope(to_json(done), started)
+
+    @app.get("/v1/indexes/{name}/audit")
+    async def audit(
+        name: str,
+        request: Request,
+        k: int = Query(10, ge=1, le=1000),
+        top: int = Query(20, ge=1, le=10_000),
+    ) -> Response:
+        """Stored images whose label their k nearest stored images disagree with."""
+        started = time.perf_counter()
+        authorize(request, write=False)
+        index = served(name).index
+        found = await asyncio.to_thread(index.audit, k)
+        report = curation.Audit(str(index.path), k, len(index.store.rows), len(found), found[:top])
+        return envelope(to_json(report), started)
 
     @app.post("/v1/prepare")
     async def prepare(body: PrepareBody, request: Request) -> Response:

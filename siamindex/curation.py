@@ -105,11 +105,11 @@ class Suspect:
     Attributes:
         id: its stored id.
         class_name: the label it is stored with.
-        suggested: the most common label among its neighbours of other classes.
+        suggested: the other class that holds it closest (see ``suspects``).
         disagreement: the share of its k nearest stored images labelled otherwise.
-        margin: distance to its nearest stored image of its own class minus distance to its
-            nearest image of another class (positive: another class is closer); None when it
-            is the only image of its class.
+        margin: how much closer the suggested class holds it than its own label does
+            (distances to the support-th nearest member; positive: another class is closer);
+            None when its class has no other member.
         neighbour_ids: its k nearest stored ids, nearest first.
         neighbour_classes: their labels.
         source_index: its row in the source dataset (-1 for added images).
@@ -146,12 +146,16 @@ class Audit:
     suspects: list[Suspect]
 
 
-def suspects(store: IndexStore, k: int = DEFAULT_AUDIT_NEIGHBOURS) -> list[Suspect]:
-    """Stored images with at least one of their ``k`` nearest stored images labelled
-    otherwise, most suspect first: by the share of such neighbours, then by margin.
+def suspects(
+    store: IndexStore, k: int = DEFAULT_AUDIT_NEIGHBOURS, support: int | None = None
+) -> list[Suspect]:
+    """Stored images whose label their neighbourhood disagrees with, most suspect first.
 
-    The neighbours come from the index itself (exact, or its own approximate search), the
-    image itself left out.
+    The rule is ``check``'s: a class holds an image as far as the index's ``support``-th
+    nearest member of that class (``support`` defaults to the index's own). An image is
+    suspect when another class holds it closer than its own label does (margin > 0) or one of
+    its ``k`` nearest stored images is labelled otherwise; suspects are ranked by margin. The
+    image itself is always left out, and ``suggested`` is the class that holds it closest.
 
     Raises:
         DataError: k is below 1.
@@ -160,7 +164,7 @@ def suspects(store: IndexStore, k: int = DEFAULT_AUDIT_NEIGHBOURS) -> list[Suspe
         raise DataError(f"k must be at least 1, got {k}; ask for 10 neighbours, say.")
     rows = store.rows
     count = len(rows)
-    if count < 2:
+    if count < 2 or len(np.unique(rows.labels)) < 2:
         return []
     k = min(k, count - 1)
     _, ids = store.search(rows.embeddings, k + 1)
@@ -172,51 +176,44 @@ def suspects(store: IndexStore, k: int = DEFAULT_AUDIT_NEIGHBOURS) -> list[Suspe
     labels = rows.labels
     other = (neighbours >= 0) & (labels[np.maximum(neighbours, 0)] != labels[:, None])
     disagreement = other.mean(axis=1)
-    flagged = np.flatnonzero(disagreement > 0)
-    if not flagged.size:
-        return []
-    margin = _margins(store, flagged)
-    ranked = flagged[np.lexsort((-margin, -disagreement[flagged]))]
-    margin_of = dict(zip(flagged.tolist(), margin.tolist(), strict=True))
+    margin, closest = _margins(store, support or store.facts.support)
+    flagged = np.flatnonzero((disagreement > 0) | (margin > 0))
+    ranked = flagged[np.argsort(-margin[flagged], kind="stable")]
     names = store.class_names
-    out = []
-    for row in ranked.tolist():
-        near = neighbours[row][neighbours[row] >= 0]
-        others = labels[near][labels[near] != labels[row]]
-        values, counts = np.unique(others, return_counts=True)
-        # the most common other label; among equals, the one met first
-        firsts = np.array([np.flatnonzero(labels[near] == v)[0] for v in values])
-        best = values[np.lexsort((firsts, -counts))[0]]
-        out.append(
-            Suspect(
-                id=int(rows.ids[row]),
-                class_name=names[labels[row]],
-                suggested=names[best],
-                disagreement=float(disagreement[row]),
-                margin=float(margin_of[row]) if np.isfinite(margin_of[row]) else None,
-                neighbour_ids=tuple(int(i) for i in rows.ids[near]),
-                neighbour_classes=tuple(names[c] for c in labels[near]),
-                source_index=int(rows.source_index[row]),
-                split=str(rows.split[row]),
-            )
+    return [
+        Suspect(
+            id=int(rows.ids[row]),
+            class_name=names[labels[row]],
+            suggested=names[closest[row]],
+            disagreement=float(disagreement[row]),
+            margin=float(margin[row]) if np.isfinite(margin[row]) else None,
+            neighbour_ids=tuple(int(i) for i in rows.ids[near]),
+            neighbour_classes=tuple(names[c] for c in labels[near]),
+            source_index=int(rows.source_index[row]),
+            split=str(rows.split[row]),
         )
-    return out
+        for row in ranked.tolist()
+        for near in [neighbours[row][neighbours[row] >= 0]]
+    ]
 
 
-def _margins(store: IndexStore, rows: np.ndarray) -> np.ndarray:
-    """For each row, distance to its nearest own-class member minus distance to its nearest
-    member of any other class (exact, the row itself left out)."""
+def _margins(store: IndexStore, support: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every stored row: the distance to the ``support``-th nearest member of its own class
+    (itself left out) minus the least such distance among the other classes, and that class.
+    Exact, one class at a time."""
     labels = store.rows.labels
-    vectors = store.rows.embeddings[rows]
-    partition = ClassPartition(store.rows.embeddings, labels)
-    own, _, _ = partition.nearest(vectors, labels[rows], exclude_rows=rows)
-    nearest_other = np.full(len(rows), np.inf, dtype=np.float32)
+    vectors = store.rows.embeddings
+    everyone = np.arange(len(labels))
+    partition = ClassPartition(vectors, labels)
+    _, _, own = partition.nearest(vectors, labels, exclude_rows=everyone, support=support)
+    best = np.full(len(labels), np.inf, dtype=np.float32)
+    closest = np.full(len(labels), -1, dtype=np.int64)
     for label in np.unique(labels):
-        is_other = labels[rows] != label
-        if is_other.any():
-            found, _, _ = partition.nearest(vectors[is_other], np.full(is_other.sum(), label))
-            nearest_other[is_other] = np.minimum(nearest_other[is_other], found)
-    return np.asarray(own - nearest_other, dtype=np.float64)
+        rows = np.flatnonzero(labels != label)
+        _, _, held = partition.nearest(vectors[rows], np.full(len(rows), label), support=support)
+        closer = held < best[rows]
+        best[rows[closer]], closest[rows[closer]] = held[closer], label
+    return np.asarray(own, np.float64) - best, closest
 
 
 def suspects_figure(store: IndexStore, listed: list[Suspect], path: Path) -> None:

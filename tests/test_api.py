@@ -165,6 +165,29 @@ def test_writes_need_the_token_and_are_followed(tiny_index, mnist_test):
         assert reply.status_code == 403 and "start it with --token-file" in reply.json()["error"]
 
 
+def test_audit_and_relabel_over_http(tiny_index):
+    index = Index.open(tiny_index)
+    planted = int(index.store.rows.ids[index.store.rows.labels == 1][5])
+    with _client(tiny_index) as client:
+        relabel = {"ids": [planted], "class": "7"}
+        assert client.post("/v1/indexes/idx/relabel", json=relabel).status_code == 401
+        reply = client.post("/v1/indexes/idx/relabel", json=relabel, headers=AUTH)
+        assert reply.status_code == 200, reply.text
+        assert_schema(reply.json()["result"], schemas.RELABEL)
+        bad = {"ids": [planted], "class": "eleven"}
+        reply = client.post("/v1/indexes/idx/relabel", json=bad, headers=AUTH)
+        assert reply.status_code == 422 and "Unknown class 'eleven'" in reply.json()["error"]
+        reply = client.get("/v1/indexes/idx/audit", params={"k": 10, "top": 20})
+        assert reply.status_code == 200, reply.text
+        result = reply.json()["result"]
+        assert_schema(result, schemas.AUDIT)
+        # The served index is the relabelled one, and its audit is the library's.
+        want = to_json(Index.open(tiny_index).audit(10)[:20])
+        _close(result["suspects"], want)
+        assert planted in [s["id"] for s in result["suspects"]]
+        assert client.get("/v1/indexes/idx/audit", params={"k": 0}).status_code == 422
+
+
 @pytest.mark.parametrize(
     "route, body, status, message",
     [

@@ -76,7 +76,7 @@ ALLOWED = {
     "batcher": set(),
     "service": {"batcher", "bundle", "data", "embedding", "errors", "index", "inputs", "prepare"},
     "api_support": {"data", "errors", "index", "service", "version"},
-    "api": {"api_support", "errors", "query", "service"},
+    "api": {"api_support", "curation", "errors", "query", "service"},
     "cli": {
         "api",
         "blas",
