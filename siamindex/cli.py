@@ -763,8 +763,9 @@ def relabel(index_name: str, ids: str, class_name: str, output_format: str) -> N
 def audit(index_name: str, k: int, top: int, figure: str | None, output_format: str) -> None:
     """List stored images whose label their nearest stored images disagree with.
 
-    Ranked by the share of the k nearest labelled otherwise, then by how much closer another
-    class is than their own. Fix one with relabel --ids ID --class C, or remove --ids ID.
+    Ranked by how many times closer another class holds an image than its own label does
+    (distances to the index's support-th nearest member, as check judges claims). Fix one
+    with relabel --ids ID --class C, or remove --ids ID.
     """
     from siamindex.curation import Audit, suspects_figure
     from siamindex.index import Index
@@ -781,14 +782,14 @@ def audit(index_name: str, k: int, top: int, figure: str | None, output_format: 
     if output_format == "json":
         click.echo(json.dumps(to_json(result), indent=2))
         return
-    header = ["id", "class", "suggested", "disagreement", "margin", "split", "source_index"]
+    header = ["id", "class", "suggested", "disagreement", "ratio", "split", "source_index"]
     rows = [
         [
             s.id,
             s.class_name,
             s.suggested,
             _number(s.disagreement),
-            _number(s.margin),
+            _number(s.ratio),
             s.split,
             s.source_index,
         ]

@@ -107,9 +107,9 @@ class Suspect:
         class_name: the label it is stored with.
         suggested: the other class that holds it closest (see ``suspects``).
         disagreement: the share of its k nearest stored images labelled otherwise.
-        margin: how much closer the suggested class holds it than its own label does
-            (distances to the support-th nearest member; positive: another class is closer);
-            None when its class has no other member.
+        ratio: how many times farther its own label holds it than the suggested class does
+            (distances to the support-th nearest member; above 1: another class is closer);
+            None (most suspect) when its class has no other member.
         neighbour_ids: its k nearest stored ids, nearest first.
         neighbour_classes: their labels.
         source_index: its row in the source dataset (-1 for added images).
@@ -120,7 +120,7 @@ class Suspect:
     class_name: str = field(metadata={"json": "class"})
     suggested: str = ""
     disagreement: float = 0.0
-    margin: float | None = None
+    ratio: float | None = None
     neighbour_ids: tuple[int, ...] = ()
     neighbour_classes: tuple[str, ...] = ()
     source_index: int = -1
@@ -153,8 +153,9 @@ def suspects(
 
     The rule is ``check``'s: a class holds an image as far as the index's ``support``-th
     nearest member of that class (``support`` defaults to the index's own). An image is
-    suspect when another class holds it closer than its own label does (margin > 0) or one of
-    its ``k`` nearest stored images is labelled otherwise; suspects are ranked by margin. The
+    suspect when another class holds it closer than its own label does (ratio above 1) or
+    one of its ``k`` nearest stored images is labelled otherwise; suspects are ranked by the
+    ratio (scale-free: clusters of every density are ranked alike). The
     image itself is always left out, and ``suggested`` is the class that holds it closest.
 
     Raises:
@@ -176,9 +177,9 @@ def suspects(
     labels = rows.labels
     other = (neighbours >= 0) & (labels[np.maximum(neighbours, 0)] != labels[:, None])
     disagreement = other.mean(axis=1)
-    margin, closest = _margins(store, support or store.facts.support)
-    flagged = np.flatnonzero((disagreement > 0) | (margin > 0))
-    ranked = flagged[np.argsort(-margin[flagged], kind="stable")]
+    ratio, closest = _ratios(store, support or store.facts.support)
+    flagged = np.flatnonzero((disagreement > 0) | (ratio > 1))
+    ranked = flagged[np.argsort(-ratio[flagged], kind="stable")]
     names = store.class_names
     return [
         Suspect(
@@ -186,7 +187,7 @@ def suspects(
             class_name=names[labels[row]],
             suggested=names[closest[row]],
             disagreement=float(disagreement[row]),
-            margin=float(margin[row]) if np.isfinite(margin[row]) else None,
+            ratio=float(ratio[row]) if np.isfinite(ratio[row]) else None,
             neighbour_ids=tuple(int(i) for i in rows.ids[near]),
             neighbour_classes=tuple(names[c] for c in labels[near]),
             source_index=int(rows.source_index[row]),
@@ -197,9 +198,9 @@ def suspects(
     ]
 
 
-def _margins(store: IndexStore, support: int) -> tuple[np.ndarray, np.ndarray]:
+def _ratios(store: IndexStore, support: int) -> tuple[np.ndarray, np.ndarray]:
     """For every stored row: the distance to the ``support``-th nearest member of its own class
-    (itself left out) minus the least such distance among the other classes, and that class.
+    (itself left out) over the least such distance among the other classes, and that class.
     Exact, one class at a time."""
     labels = store.rows.labels
     vectors = store.rows.embeddings
@@ -213,7 +214,8 @@ def _margins(store: IndexStore, support: int) -> tuple[np.ndarray, np.ndarray]:
         _, _, held = partition.nearest(vectors[rows], np.full(len(rows), label), support=support)
         closer = held < best[rows]
         best[rows[closer]], closest[rows[closer]] = held[closer], label
-    return np.asarray(own, np.float64) - best, closest
+    tiny = 1e-6  # duplicates lie at distance 0
+    return (np.asarray(own, np.float64) + tiny) / (np.asarray(best, np.float64) + tiny), closest
 
 
 def suspects_figure(store: IndexStore, listed: list[Suspect], path: Path) -> None:

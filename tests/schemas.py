@@ -163,7 +163,7 @@ SUSPECT = {
     "class": str,
     "suggested": str,
     "disagreement": float,
-    "margin": OPTIONAL_FLOAT,
+    "ratio": OPTIONAL_FLOAT,
     "neighbour_ids": [int],
     "neighbour_classes": [str],
     "source_index": int,

@@ -83,12 +83,12 @@ def test_audit_finds_a_planted_wrong_label_and_relabel_puts_it_back(tiny_index, 
     assert planted in top, [(s.id, s.class_name, s.disagreement) for s in found[:5]]
     suspect = next(s for s in found if s.id == planted)
     assert (suspect.class_name, suspect.suggested) == ("7", "1")
-    assert suspect.disagreement >= 0.8 and suspect.margin is not None and suspect.margin > 0
+    assert suspect.disagreement >= 0.8 and suspect.ratio is not None and suspect.ratio > 1
     assert len(suspect.neighbour_ids) == 10 and planted not in suspect.neighbour_ids
-    # Ranked by margin; each listed image has a neighbour or a closer class against it.
-    margins = [np.inf if s.margin is None else s.margin for s in found]
-    assert margins == sorted(margins, reverse=True)
-    assert all(s.disagreement > 0 or m > 0 for s, m in zip(found, margins, strict=True))
+    # Ranked by ratio; each listed image has a neighbour or a closer class against it.
+    ratios = [np.inf if s.ratio is None else s.ratio for s in found]
+    assert ratios == sorted(ratios, reverse=True)
+    assert all(s.disagreement > 0 or r > 1 for s, r in zip(found, ratios, strict=True))
     before = {p.name for p in tiny_index.resolve().parent.iterdir()}
     reopened.relabel([planted], "1")
     assert Index.open(tiny_index).store.rows.labels.tolist() == rows.labels.tolist()
@@ -137,7 +137,7 @@ def test_audit_and_relabel_through_the_cli(tiny_index, tmp_path):
         assert drawn.size[0] > 500 and drawn.size[1] > 300
     result = runner.invoke(cli, [*args, "--format", "csv"])
     lines = result.output.splitlines()
-    assert lines[0] == "id,class,suggested,disagreement,margin,split,source_index"
+    assert lines[0] == "id,class,suggested,disagreement,ratio,split,source_index"
     assert len(lines) == 6
     result = runner.invoke(cli, args)
     assert "Fix with: siamindex relabel --ids ID --class C" in result.output

@@ -63,7 +63,7 @@ def main() -> None:
             encoder = str(train(config, args.out_dir / f"cnn-{count}.keras", False).path)
             seconds = time.perf_counter() - started
         embed = load_embedder(encoder)
-        found = {"labelled": count, "encoder": encoder, "train_seconds": seconds}
+        found = {"labelled": count, "encoder_file": encoder, "train_seconds": seconds}
         for name, represent in (("encoder", embed), ("raw pixels", raw_pixels)):
             measured = evaluate_vectors(
                 represent(stored.images),
