@@ -217,24 +217,29 @@ def calibrate_class(
     support: int = DEFAULT_SUPPORT,
     sample: int = CALIBRATION_SAMPLE // 10,
 ) -> float | None:
-    """One class's own threshold: its members each claimed as it (leave-one-out) against
-    stored images of the other classes claimed as it, weighed as many as the true claims, at
-    max F1. None when the class has fewer than ``LATE_CLASS_MIN_MEMBERS`` members or no other
-    class is stored.
+    """One class's own threshold, at max F1: its members each claimed as it (leave-one-out)
+    against stored images of every other class claimed as it. Each other class weighs the same
+    (a wrong claim is as likely to come from a small class as from a large one), and all of
+    them together as much as the true claims. None when the class has fewer than
+    ``LATE_CLASS_MIN_MEMBERS`` members or no other class is stored.
     """
     labels = np.asarray(labels)
-    members, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
-    if len(members) < LATE_CLASS_MIN_MEMBERS or not len(others):
+    members = np.flatnonzero(labels == label)
+    others = [np.flatnonzero(labels == c) for c in np.unique(labels) if c != label]
+    if len(members) < LATE_CLASS_MIN_MEMBERS or not others:
         return None
     members = np.sort(rng.choice(members, size=min(sample, len(members)), replace=False))
-    others = np.sort(rng.choice(others, size=min(sample, len(others)), replace=False))
+    each = max(1, sample // len(others))
+    drawn = [np.sort(rng.choice(rows, size=min(each, len(rows)), replace=False)) for rows in others]
+    wrong = np.concatenate(drawn)
     partition = ClassPartition(stored, labels)
     claimed = np.full(len(members), label)
     true_side = partition.nearest(stored[members], claimed, exclude_rows=members, support=support)
-    false_side = partition.nearest(stored[others], np.full(len(others), label), support=support)
+    false_side = partition.nearest(stored[wrong], np.full(len(wrong), label), support=support)
     distances = np.concatenate([true_side[2], false_side[2]])
-    truth = np.concatenate([np.ones(len(members), bool), np.zeros(len(others), bool)])
-    weights = np.where(truth, 1.0, len(members) / len(others))
+    truth = np.concatenate([np.ones(len(members), bool), np.zeros(len(wrong), bool)])
+    per_class = [np.full(len(rows), len(members) / (len(drawn) * len(rows))) for rows in drawn]
+    weights = np.concatenate([np.ones(len(members)), *per_class])
     return metrics.max_f1_threshold(distances, truth, weights)[0]
 
 

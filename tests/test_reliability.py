@@ -150,6 +150,9 @@ def _kill_in_every_window(bundle, tmp_path: Path, small_idx_dir: Path) -> dict[s
         ],
         "add": lambda path: [*base, "add", "mnist:test:500", "--index", str(path), "--class", "7"],
         "remove": lambda path: [*base, "remove", "--index", str(path), "--ids", "10,11"],
+        "relabel": lambda path: [
+            *base, "relabel", "--index", str(path), "--ids", "10,11", "--class", _other(path),
+        ],
     }  # fmt: skip
     expected_new = {
         "build-index --force": lambda path: build_index(
@@ -160,6 +163,7 @@ def _kill_in_every_window(bundle, tmp_path: Path, small_idx_dir: Path) -> dict[s
         )[0],
         "add": lambda path: _added(path),
         "remove": lambda path: _removed(path, [10, 11]),
+        "relabel": lambda path: _relabelled(path, [10, 11], _other(path)),
     }  # fmt: skip
     old = _content(index)
     queries = index.store.rows.embeddings[:7]
@@ -201,6 +205,19 @@ def _added(path: Path) -> Index:
 
     index = Index.open(path)
     index.add(load_dataset(split="test").images[500:501], "7")
+    return index
+
+
+def _other(path: Path) -> str:
+    """A class that ids 10 and 11 are not stored as (relabelling to it changes the content)."""
+    index = Index.open(path)
+    taken = set(index.store.rows.labels[index.store.rows_of(np.array([10, 11]))].tolist())
+    return next(n for c, n in enumerate(index.store.class_names) if c not in taken)
+
+
+def _relabelled(path: Path, ids: list[int], class_name: str) -> Index:
+    index = Index.open(path)
+    index.relabel(ids, class_name)
     return index
 
 
