@@ -7,7 +7,7 @@ publishes the changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -50,13 +50,13 @@ def recalibrate(store: IndexStore, class_names: Iterable[str], seed: int = 0) ->
     return replace(store, class_thresholds=thresholds)
 
 
-def stored_ids(store: IndexStore, ids: Iterable[int] | np.ndarray, where: object) -> np.ndarray:
+def stored_ids(store: IndexStore, ids: Sequence[int] | np.ndarray, where: object) -> np.ndarray:
     """The distinct ids given, all stored in the index at ``where``.
 
     Raises:
         DataError: an id is not in the index.
     """
-    ids = np.unique(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, np.int64))
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
     try:
         store.rows_of(ids)
     except KeyError as exc:

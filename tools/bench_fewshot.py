@@ -177,7 +177,9 @@ def figure(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seen-encoder", required=True, help="trained on digits 0-5 only")
+    parser.add_argument(
+        "--seen-encoder", required=True, action="append", help="trained on 0-5 only (repeatable)"
+    )
     parser.add_argument("--all-encoder", help="the reference trained on all ten")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("tools/figures"))
@@ -186,9 +188,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         data = write_seen_split(work / "data-0-5")
-        encoders = [("trained on 0-5", args.seen_encoder)]
+        encoders = [(f"0-5 only ({Path(path).stem})", path) for path in args.seen_encoder]
         if args.all_encoder:
-            encoders.append(("trained on 0-9", args.all_encoder))
+            encoders.append((f"0-9 ({Path(args.all_encoder).stem})", args.all_encoder))
         for name, encoder in encoders:
             results += run(name, encoder, data, work, args.seed)
     print("BLAS:", "; ".join(blas_kernels()))
