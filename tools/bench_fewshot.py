@@ -160,11 +160,11 @@ def figure(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name in dict.fromkeys(r["encoder"] for r in results):
+    for colour, name in enumerate(dict.fromkeys(r["encoder"] for r in results)):
         mine = [r for r in results if r["encoder"] == name]
-        x = range(len(mine))
-        ax.plot(x, [r["f1"] for r in mine], marker="o", label=f"{name}, own threshold")
-        ax.plot(x, [r["f1_global"] for r in mine], ls="--", marker=".", label=f"{name}, global")
+        x, style = range(len(mine)), {"color": f"C{colour}"}
+        ax.plot(x, [r["f1"] for r in mine], marker="o", label=f"{name}, own threshold", **style)
+        ax.plot(x, [r["f1_global"] for r in mine], ls="--", marker=".", label="global", **style)
     ax.set_xticks(range(len(SHOTS)), [f"{s}" for s in SHOTS])
     ax.set_xlabel("train examples per new class (6-9, added with add --new-class)")
     ax.set_ylabel("membership F1, new classes")
