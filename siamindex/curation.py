@@ -24,10 +24,11 @@ DEFAULT_AUDIT_NEIGHBOURS = 10
 
 
 def with_late_class(store: IndexStore, class_name: str) -> IndexStore:
-    """A copy that knows ``class_name`` as a class added after the build."""
-    store = store.with_class(class_name)
-    if class_name in store.facts.late_classes:
+    """A copy that knows ``class_name`` as a class added after the build (the store itself
+    when it knows the class already, from the build or a change before)."""
+    if class_name in store.class_names:
         return store
+    store = store.with_class(class_name)
     facts = replace(store.facts, late_classes=(*store.facts.late_classes, class_name))
     return replace(store, facts=facts)
 
@@ -147,7 +148,10 @@ class Audit:
 
 
 def suspects(
-    store: IndexStore, k: int = DEFAULT_AUDIT_NEIGHBOURS, support: int | None = None
+    store: IndexStore,
+    k: int = DEFAULT_AUDIT_NEIGHBOURS,
+    support: int | None = None,
+    partition: ClassPartition | None = None,
 ) -> list[Suspect]:
     """Stored images whose label their neighbourhood disagrees with, most suspect first.
 
@@ -157,6 +161,7 @@ def suspects(
     one of its ``k`` nearest stored images is labelled otherwise; suspects are ranked by the
     ratio (scale-free: clusters of every density are ranked alike). The
     image itself is always left out, and ``suggested`` is the class that holds it closest.
+    ``partition``: the store's exact per-class indexes, if already built (``Index.partition``).
 
     Raises:
         DataError: k is below 1.
@@ -177,7 +182,8 @@ def suspects(
     labels = rows.labels
     other = (neighbours >= 0) & (labels[np.maximum(neighbours, 0)] != labels[:, None])
     disagreement = other.mean(axis=1)
-    ratio, closest = _ratios(store, support or store.facts.support)
+    partition = partition or ClassPartition(rows.embeddings, labels)
+    ratio, closest = _ratios(store, partition, support or store.facts.support)
     flagged = np.flatnonzero((disagreement > 0) | (ratio > 1))
     ranked = flagged[np.argsort(-ratio[flagged], kind="stable")]
     names = store.class_names
@@ -198,14 +204,15 @@ def suspects(
     ]
 
 
-def _ratios(store: IndexStore, support: int) -> tuple[np.ndarray, np.ndarray]:
+def _ratios(
+    store: IndexStore, partition: ClassPartition, support: int
+) -> tuple[np.ndarray, np.ndarray]:
     """For every stored row: the distance to the ``support``-th nearest member of its own class
     (itself left out) over the least such distance among the other classes, and that class.
     Exact, one class at a time."""
     labels = store.rows.labels
     vectors = store.rows.embeddings
     everyone = np.arange(len(labels))
-    partition = ClassPartition(vectors, labels)
     _, _, own = partition.nearest(vectors, labels, exclude_rows=everyone, support=support)
     best = np.full(len(labels), np.inf, dtype=np.float32)
     closest = np.full(len(labels), -1, dtype=np.int64)

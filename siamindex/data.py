@@ -113,7 +113,17 @@ def parse_classes(text: str, class_names: Sequence[str]) -> tuple[str, ...]:
 
 
 def only_classes(dataset: Dataset, names: Sequence[str]) -> Dataset:
-    """The rows of ``dataset`` whose class is named (labels and class names unchanged)."""
+    """The rows of ``dataset`` whose class is named (labels and class names unchanged).
+
+    Raises:
+        DataError: a name is not one of the dataset's classes.
+    """
+    unknown = [name for name in names if name not in dataset.class_names]
+    if unknown:
+        raise DataError(
+            f"Unknown class '{unknown[0]}'; the dataset's classes are "
+            f"{', '.join(dataset.class_names)}."
+        )
     wanted = [dataset.class_names.index(name) for name in names]
     return dataset.subset(np.flatnonzero(np.isin(dataset.labels, wanted)))
 

@@ -366,8 +366,7 @@ class Index:
         vectors = self.embed(images)
 
         def change(store: IndexStore) -> IndexStore:
-            if class_name not in store.class_names:
-                store = curation.with_late_class(store, class_name)
+            store = curation.with_late_class(store, class_name)
             rows = Rows(
                 ids=np.zeros(len(images), dtype=np.int64),
                 labels=np.full(len(images), store.class_names.index(class_name), dtype=np.int64),
@@ -402,7 +401,7 @@ class Index:
     def audit(self, k: int = curation.DEFAULT_AUDIT_NEIGHBOURS) -> list[curation.Suspect]:
         """Stored images whose label their ``k`` nearest stored images disagree with, most
         suspect first (``curation.suspects``; DataError for k below 1)."""
-        return curation.suspects(self.store, k)
+        return curation.suspects(self.store, k, partition=self.partition)
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> None:
         """Remove stored ids; publishes a new bundle version. Other ids stay as they were.

@@ -23,7 +23,6 @@ from siamindex.defaults import (
     SAMPLERS,
     canonical,
 )
-from siamindex.errors import DataError
 from siamindex.evaluation import pair_distances, pair_metrics
 from siamindex.metrics import max_accuracy_threshold
 from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, ARTICLE_TRAIN_SAME_FRACTION, make_pairs
@@ -384,12 +383,6 @@ def _load_parts(config: TrainConfig, rng: np.random.Generator) -> tuple[Dataset,
     full = load_dataset(config.data_dir, "train")
     test = load_dataset(config.data_dir, "test")
     if config.classes is not None:
-        unknown = [name for name in config.classes if name not in full.class_names]
-        if unknown:
-            raise DataError(
-                f"Unknown class '{unknown[0]}'; the dataset's classes are "
-                f"{', '.join(full.class_names)}."
-            )
         full, test = only_classes(full, config.classes), only_classes(test, config.classes)
     if config.train_size:
         full = full.subset(slice(0, config.train_size))

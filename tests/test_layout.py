@@ -34,7 +34,6 @@ ALLOWED = {
         "augment",
         "data",
         "defaults",
-        "errors",
         "evaluation",
         "exposure",
         "metrics",
