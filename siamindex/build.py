@@ -31,7 +31,7 @@ from siamindex.defaults import (
 )
 from siamindex.embedding import Embedder, embed_in_chunks, load_embedder
 from siamindex.errors import DataError, IndexExists
-from siamindex.evaluation import calibrate, calibrate_pairs
+from siamindex.evaluation import Calibration, calibrate, calibrate_pairs
 from siamindex.facts import IndexFacts
 from siamindex.index import Index
 from siamindex.store import IndexStore, Rows, build_faiss_index, image_hashes, new_faiss_index
@@ -64,6 +64,10 @@ class BuildSettings:
             MNIST, none for other datasets (whose classes may be letters or shapes).
         min_recall: the threshold accepts at least this share of true claims (leave-one-out);
             None or 0: no floor.
+        engine: "local" or "ray": where shards are embedded (``scale.build``; this module's
+            ``build_index`` is the local engine's in-memory road).
+        address: the Ray cluster to join (None: start a local one).
+        workers: Ray actors that embed (None: one per CPU of the cluster).
     """
 
     encoder: str | Path
@@ -80,6 +84,9 @@ class BuildSettings:
     progress: bool = True
     open_set: int | None = None
     min_recall: float | None = DEFAULT_MIN_RECALL
+    engine: str = "local"
+    address: str | None = None
+    workers: int | None = None
 
 
 class Phases:
@@ -95,7 +102,7 @@ class Phases:
         started = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - started, 3)
-        peak = _peak_memory_mb()
+        peak = peak_memory_mb()
         if peak is not None:
             self.peak_mb[name] = peak
 
@@ -122,7 +129,7 @@ def build_index(settings: BuildSettings, embed: Embedder | None = None) -> tuple
             embed = embed or load_embedder(encoder_file, settings.batch_size)
             datasets = _load_splits(settings)
         store = _make_store(settings, embed, datasets, phases)
-        report = _training_report_of(encoder_file)
+        report = training_report_of(encoder_file)
         with phases("write"):
             bundle.publish(
                 path,
@@ -182,58 +189,116 @@ def _make_store(
             images=images,
         )
         index = build_faiss_index(vectors, rows.ids, settings.index_type, settings.seed)
-    min_recall = settings.min_recall or None  # 0 means no floor, as None does
     with phases("calibrate"):
-        rng = np.random.default_rng(settings.seed)
-        calibration = calibrate(
+        calibrated = calibrate_build(
+            settings,
             vectors,
             rows.labels,
-            rng,
-            target_precision=settings.target_precision,
-            support=settings.support,
-            unlike=_open_set_vectors(settings, embed, datasets[0].source),
-            min_recall=min_recall,
+            _open_set_vectors(settings, embed, datasets[0].source),
+            len(datasets[0].class_names),
         )
-        pair_threshold, pair_accuracy = calibrate_pairs(vectors, rows.labels, rng)
-    class_thresholds = np.full(len(datasets[0].class_names), np.nan)
+    facts = build_facts(
+        settings,
+        calibrated,
+        embedding_dim=int(vectors.shape[1]),
+        fingerprint=dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),
+        source=datasets[0].source,
+        count=len(rows),
+    )
+    names = tuple(datasets[0].class_names)
+    return IndexStore(
+        index, rows, names, calibrated.class_thresholds, facts, calibrated.calibration.probability
+    )
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A build's thresholds: membership (global and per class) and pairs."""
+
+    calibration: Calibration
+    class_thresholds: np.ndarray
+    pair_threshold: float
+    pair_accuracy: float
+
+
+def calibrate_build(
+    settings: BuildSettings,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    unlike: np.ndarray | None,
+    class_count: int,
+) -> Calibrated:
+    """Calibrate a new index's thresholds on its stored vectors (leave-one-out) and, when
+    given, non-digits claimed as classes (``unlike``)."""
+    rng = np.random.default_rng(settings.seed)
+    calibration = calibrate(
+        vectors,
+        labels,
+        rng,
+        target_precision=settings.target_precision,
+        support=settings.support,
+        unlike=unlike,
+        min_recall=settings.min_recall or None,  # 0 means no floor, as None does
+    )
+    pair_threshold, pair_accuracy = calibrate_pairs(vectors, labels, rng)
+    class_thresholds = np.full(class_count, np.nan)
     for label, threshold in calibration.per_class.items():
         class_thresholds[label] = threshold
-    facts = IndexFacts(
-        embedding_dim=int(vectors.shape[1]),
+    return Calibrated(calibration, class_thresholds, pair_threshold, pair_accuracy)
+
+
+def build_facts(
+    settings: BuildSettings,
+    calibrated: Calibrated,
+    embedding_dim: int,
+    fingerprint: str,
+    source: str,
+    count: int,
+) -> IndexFacts:
+    """The facts a new bundle records about itself."""
+    calibration = calibrated.calibration
+    return IndexFacts(
+        embedding_dim=embedding_dim,
         threshold=calibration.threshold,
         index_type=settings.index_type,
         threshold_method=calibration.method,
         threshold_f1=calibration.f1,
         support=settings.support,
-        pair_threshold=pair_threshold,
-        pair_threshold_accuracy=pair_accuracy,
+        pair_threshold=calibrated.pair_threshold,
+        pair_threshold_accuracy=calibrated.pair_accuracy,
         target_precision=settings.target_precision,
         min_recall=calibration.min_recall,
         true_claims_accepted=calibration.true_accepted,
         open_set_rejected=calibration.unlike_rejected,
         encoder_sha256=sha256_file(settings.encoder),
-        dataset_fingerprint=dataset_fingerprint(rows.image_sha256, rows.labels, rows.split),
-        source=datasets[0].source,
+        dataset_fingerprint=fingerprint,
+        source=source,
         splits=tuple(settings.splits),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=_versions(),
-        next_id=len(rows),
+        next_id=count,
     )
-    names = tuple(datasets[0].class_names)
-    return IndexStore(index, rows, names, class_thresholds, facts, calibration.probability)
+
+
+def open_set_count(settings: BuildSettings, source: str) -> int:
+    """How many generated non-digits the calibration claims as classes."""
+    if settings.open_set is not None:
+        return settings.open_set
+    return DEFAULT_OPEN_SET if source == "mnist" else 0
+
+
+OPEN_SET_SEED = 10_000  # + the build's seed: apart from training's non-digits and the benchmarks'
 
 
 def _open_set_vectors(settings: BuildSettings, embed: Embedder, source: str) -> np.ndarray | None:
     """Embedded non-digits for calibration, or None when the build calibrates without them."""
-    count = settings.open_set
-    if count is None:
-        count = DEFAULT_OPEN_SET if source == "mnist" else 0
+    count = open_set_count(settings, source)
     if count <= 0:
         return None
     from siamindex.exposure import exposure
 
-    # Seeded apart from training's non-digits (seed + 1) and from the benchmark's sets.
-    return embed_in_chunks(embed, exposure(count, seed=10_000 + settings.seed), count, False)
+    images = exposure(count, seed=OPEN_SET_SEED + settings.seed)
+    return embed_in_chunks(embed, images, count, False)
 
 
 def dataset_fingerprint(hashes: np.ndarray, labels: np.ndarray, splits: np.ndarray) -> str:
@@ -244,7 +309,7 @@ def dataset_fingerprint(hashes: np.ndarray, labels: np.ndarray, splits: np.ndarr
     return digest.hexdigest()
 
 
-def _training_report_of(encoder_file: Path) -> Path | None:
+def training_report_of(encoder_file: Path) -> Path | None:
     """The JSON report beside an encoder file, if it is that encoder's (SHA-256 matches)."""
     report = encoder_file.with_suffix(".json")
     try:
@@ -280,7 +345,7 @@ def _reset_peak_memory() -> None:
         pass
 
 
-def _peak_memory_mb() -> float | None:
+def peak_memory_mb() -> float | None:
     try:
         with open("/proc/self/status") as handle:
             for line in handle:

@@ -118,8 +118,9 @@ data_option = click.option(
     type=click.Path(file_okay=False),
     envvar="SIAMINDEX_DATA",
     default=None,
-    help="Dataset folder (IDX files or class folders); default: bundled MNIST. "
-    "Also read from SIAMINDEX_DATA.",
+    help="Dataset folder (IDX files or class folders), or mnist-aug:N[:SEED] (N distorted "
+    "MNIST train images, generated as needed); default: bundled MNIST. Also read from "
+    "SIAMINDEX_DATA.",
 )
 size_options = [
     click.option(
@@ -483,6 +484,25 @@ def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str)
     "--data.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where images are embedded: in this process, or on a Ray cluster (the 'cluster' "
+    "extra), shard by shard.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray actors that embed, each loading the encoder once; default: one per CPU.",
+)
+@click.option(
     "--force", is_flag=True, help="Replace an existing index (once the new one is complete)."
 )
 @format_option
@@ -499,11 +519,19 @@ def build_index(
     quiet: bool,
     **settings: Any,
 ) -> None:
-    """Embed a dataset (default: all 70,000 MNIST images) into a FAISS index bundle."""
+    """Embed a dataset (default: all 70,000 MNIST images) into a FAISS index bundle.
+
+    --data mnist-aug:N indexes N distorted MNIST images, generated shard by shard; with it, or
+    with --engine ray, the build streams: no process holds all images or vectors.
+    """
     import tempfile
 
     from siamindex.build import BuildSettings, check_settings
-    from siamindex.build import build_index as run_build
+    from siamindex.scale import build as run_build
+
+    for option in ("address", "workers"):
+        if settings[option] is not None and settings["engine"] != "ray":
+            raise click.UsageError(f"--{option} applies to --engine ray only; add --engine ray.")
 
     build = BuildSettings(
         encoder="",

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from siamindex import augmented
 from siamindex.errors import DataError
 
 IMAGE_SIZE = 28
@@ -401,7 +402,9 @@ def load_dataset(
     """Load one split of a dataset.
 
     Args:
-        data_dir: None for the bundled MNIST, else an IDX folder or a folder of class folders.
+        data_dir: None for the bundled MNIST, ``mnist-aug:N[:SEED]`` for N distorted MNIST
+            train images as the train split (its test split is MNIST's), else an IDX folder or
+            a folder of class folders.
         split: "train" or "test".
         resize: resize image files that are not 28x28 (IDX data must be 28x28 already).
 
@@ -415,6 +418,8 @@ def load_dataset(
         raise DataError(f"Unknown split '{split}'; expected one of {', '.join(SPLITS)}.")
     if data_dir is None:
         return _load_idx_split(bundled_mnist_dir(), split, True)
+    if augmented.is_spec(data_dir):
+        return _augmented_split(augmented.AugmentedMnist.parse(str(data_dir)), split)
     folder = Path(data_dir)
     if not folder.is_dir():
         raise DataError(
@@ -435,3 +440,19 @@ def load_dataset(
             f"arrange it as {folder}/train/<class>/ and {folder}/{split}/<class>/."
         )
     return _load_folder_split(folder, split, resize)
+
+
+def _augmented_split(source: augmented.AugmentedMnist, split: str) -> Dataset:
+    """A split of ``mnist-aug:N``, all shards in memory (the engines read it shard by shard)."""
+    mnist = _load_idx_split(bundled_mnist_dir(), split, True)
+    if split != "train":
+        return mnist  # the distorted images stand in for the train split only
+    parts = [source.shard(i, mnist.images, mnist.labels) for i in range(source.shards)]
+    return Dataset(
+        images=np.concatenate([p[0] for p in parts]),
+        labels=np.concatenate([p[1] for p in parts]),
+        class_names=mnist.class_names,
+        split=split,
+        source=source.spec,
+        source_index=np.concatenate([p[2] for p in parts]),
+    )

@@ -49,3 +49,7 @@ class BadSearchSetting(SiamIndexError):
 
 class OldSpelling(DeprecationWarning):
     """An old name of an option value or a column was used; the message names the new one."""
+
+
+class EngineError(SiamIndexError):
+    """The engine that embeds shards (Ray) is missing, cannot start, or failed mid-build."""

@@ -17,13 +17,13 @@ import numpy as np
 
 from siamindex.bundle import (
     FAISS_FILE,
-    FORMAT_VERSION,
     KNOWN_FORMAT_VERSIONS,
     METADATA_FILE,
     REBUILD,
 )
 from siamindex.errors import BadIndexType, BadSearchSetting, IncompatibleIndex
 from siamindex.facts import IndexFacts
+from siamindex.metadata import write_header, write_rows
 from siamindex.search import hnsw_parameters, ivf_parameters
 
 TRAINING_SAMPLE = 50_000  # vectors an index type that needs training is trained on, at most
@@ -333,29 +333,18 @@ class IndexStore:
         import h5py
 
         faiss.write_index(self.index, str(folder / FAISS_FILE))
-        strings = h5py.string_dtype()
         with h5py.File(folder / METADATA_FILE, "w") as handle:
-            handle.create_dataset("ids", data=self.rows.ids)
-            handle.create_dataset("labels", data=self.rows.labels)
-            handle.create_dataset("split", data=self.rows.split.astype(object), dtype=strings)
-            handle.create_dataset("source_index", data=self.rows.source_index)
-            handle.create_dataset("image_sha256", data=self.rows.image_sha256.astype("S64"))
-            handle.create_dataset("embeddings", data=self.rows.embeddings, dtype=np.float32)
-            if self.rows.images is not None and len(self.rows):
-                handle.create_dataset(
-                    "images",
-                    data=np.asarray(self.rows.images, dtype=np.uint8),
-                    chunks=(min(len(self.rows), 1024), 28, 28),
-                    compression="gzip",
-                    compression_opts=4,
-                )
-            handle.create_dataset("class_names", data=list(self.class_names), dtype=strings)
-            handle.create_dataset("class_thresholds", data=self.class_thresholds)
-            if self.probability is not None:
-                handle.create_dataset("membership_probability", data=self.probability)
-            attrs = replace(self.facts, format_version=FORMAT_VERSION).to_attrs()
-            for key, value in {**attrs, "count": len(self.rows)}.items():
-                handle.attrs[key] = value
+            write_rows(handle, len(self.rows), self.embedding_dim, self.rows.images is not None)(
+                0, {field: getattr(self.rows, field) for field in _ROW_FIELDS}, self.rows.images
+            )
+            write_header(
+                handle,
+                self.class_names,
+                self.class_thresholds,
+                self.probability,
+                self.facts,
+                len(self.rows),
+            )
 
     @classmethod
     def read(cls, folder: Path, manifest: dict[str, Any] | None = None) -> IndexStore:

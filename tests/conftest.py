@@ -121,6 +121,16 @@ def tiny_index(tiny_bundle: Path, tmp_path: Path) -> Path:
     return tmp_path / "idx"
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs, started once per test session (the Ray engine joins it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
 def chromium_or_skip() -> str:
     """Debian's chromium for the browser tests: skipped where it is missing, but a failure in CI
     (CI=true), so that a missing install step cannot pass unseen."""

@@ -26,7 +26,8 @@ ALLOWED = {
     "prepare": {"defaults", "errors"},
     "defaults": {"errors"},
     "facts": {"defaults"},
-    "data": {"errors", "prepare"},
+    "augmented": {"errors"},
+    "data": {"augmented", "errors", "prepare"},
     "inputs": {"data", "errors", "prepare"},
     "pairs": {"defaults"},
     "model": {"defaults", "errors"},  # TensorFlow lives here and in training
@@ -43,7 +44,22 @@ ALLOWED = {
     "embedding": {"defaults", "model"},  # model only inside load_embedder
     "evaluation": {"data", "defaults", "metrics", "pairs", "search"},
     "bundle": {"data", "defaults", "errors"},
-    "store": {"bundle", "errors", "facts", "search"},
+    "metadata": {"bundle", "facts"},
+    "store": {"bundle", "errors", "facts", "metadata", "search"},
+    "shards": {"augmented", "data", "errors", "exposure", "store"},
+    "cluster": {"embedding", "errors", "shards"},  # Ray lives here only
+    "scale": {
+        "augmented",
+        "build",
+        "bundle",
+        "cluster",
+        "embedding",
+        "errors",
+        "index",
+        "metadata",
+        "shards",
+        "store",
+    },
     "query": {"metrics", "search", "store"},
     "curation": {"defaults", "errors", "evaluation", "query", "search", "store"},
     "index": {
@@ -91,6 +107,7 @@ ALLOWED = {
         "inputs",
         "query",
         "report",
+        "scale",
         "service",
         "training",
     },

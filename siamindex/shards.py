@@ -1,0 +1,141 @@
+"""Shards: a dataset cut into pieces that any worker can load on its own.
+
+A build at scale never holds a whole dataset. ``plan`` cuts the splits to index into
+``ShardTask``s of at most 10,000 rows (the augmented MNIST's own shards), each knowing the ids its
+rows get in the index; ``load`` turns one task into its images, labels and source rows, in
+whatever process runs it (the build's own, or a Ray worker). ``embed_shard`` adds the vectors and
+image hashes: the columns a bundle stores for each row. NumPy only, until the encoder is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from siamindex import augmented
+from siamindex.data import Dataset, load_dataset
+from siamindex.errors import DataError
+from siamindex.store import image_hashes
+
+SHARD_ROWS = augmented.SHARD_SIZE
+OPEN_SET = "open-set"  # a task of generated non-digits for calibration, not stored in the index
+
+Columns = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Rows [start, stop) of one split, stored under ids first_id, first_id + 1, ...
+
+    Attributes:
+        data: the dataset (None for the bundled MNIST, ``mnist-aug:...``, or a folder).
+        split: the split, or ``OPEN_SET`` for calibration non-digits (seeded by ``start``).
+        start, stop: rows of the split (for an open-set task: seed and count).
+        first_id: the index id of row ``start`` (-1 for an open-set task).
+        resize: resize class-folder images that are not 28x28.
+    """
+
+    data: str | None
+    split: str
+    start: int
+    stop: int
+    first_id: int
+    resize: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.stop if self.split == OPEN_SET else self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build at scale will store: its shards, in id order, and the class names."""
+
+    tasks: tuple[ShardTask, ...]
+    class_names: tuple[str, ...]
+    source: str
+    count: int
+
+
+def plan(data: str | None, splits: tuple[str, ...], resize: bool = False) -> Plan:
+    """Cut the given splits of a dataset into shard tasks, ids running over splits in order.
+
+    Only the sizes are read here: an augmented split is never generated, a file split is read
+    once (the workers read it again, each for its own rows).
+
+    Raises:
+        DataError: the dataset or a split cannot be read.
+    """
+    tasks: list[ShardTask] = []
+    names: tuple[str, ...] | None = None
+    source = "mnist"
+    for split in splits:
+        if augmented.is_spec(data) and split == "train":
+            generated = augmented.AugmentedMnist.parse(str(data))
+            size, source = generated.count, generated.spec
+            names = names or _split(None, "train", False).class_names
+        else:
+            dataset = _split(data, split, resize)
+            size, names = len(dataset), names or dataset.class_names
+            source = source if augmented.is_spec(data) else dataset.source
+            _same_classes(names, dataset.class_names, data)
+        first = tasks[-1].first_id + tasks[-1].rows if tasks else 0
+        for start in range(0, size, SHARD_ROWS):
+            stop = min(size, start + SHARD_ROWS)
+            tasks.append(ShardTask(data, split, start, stop, first + start, resize))
+    assert names is not None, "plan() needs at least one split"
+    count = sum(task.rows for task in tasks)
+    return Plan(tuple(tasks), names, source, count)
+
+
+def _same_classes(first: tuple[str, ...], other: tuple[str, ...], data: str | None) -> None:
+    if first != other:
+        raise DataError(
+            f"Splits of '{data}' have different classes; give every split the same class folders."
+        )
+
+
+@lru_cache(maxsize=4)
+def _split(data: str | None, split: str, resize: bool) -> Dataset:
+    """One split, read once per process (the bundled MNIST is shared; folders are small)."""
+    if augmented.is_spec(data) and split == "train":
+        raise ValueError("augmented splits are generated shard by shard, never loaded whole")
+    return load_dataset(data, split, resize=resize)
+
+
+def load(task: ShardTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, source_index) of a task's rows: (m, 28, 28) uint8, (m,), (m,) int64."""
+    if task.split == OPEN_SET:
+        from siamindex.exposure import exposure
+
+        images = exposure(task.stop, seed=task.start)
+        return images, np.full(len(images), -1, np.int64), np.arange(len(images), dtype=np.int64)
+    if augmented.is_spec(task.data) and task.split == "train":
+        generated = augmented.AugmentedMnist.parse(str(task.data))
+        mnist = _split(None, "train", False)
+        shard = task.start // SHARD_ROWS
+        return generated.shard(shard, mnist.images, mnist.labels)
+    dataset = _split(task.data, task.split, task.resize)
+    rows = slice(task.start, task.stop)
+    return dataset.images[rows], dataset.labels[rows], dataset.source_index[rows]
+
+
+def embed_shard(task: ShardTask, embed: Callable[[np.ndarray], np.ndarray]) -> Columns:
+    """Load a task and embed it: every column a bundle stores for its rows.
+
+    Returns:
+        {"ids", "labels", "split", "source_index", "image_sha256", "embeddings", "images"}.
+    """
+    images, labels, source_index = load(task)
+    return {
+        "ids": np.arange(task.first_id, task.first_id + len(images), dtype=np.int64),
+        "labels": np.asarray(labels, dtype=np.int64),
+        "split": np.full(len(images), task.split),
+        "source_index": np.asarray(source_index, dtype=np.int64),
+        "image_sha256": image_hashes(images),
+        "embeddings": np.asarray(embed(images), dtype=np.float32),
+        "images": np.asarray(images, dtype=np.uint8),
+    }

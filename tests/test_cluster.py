@@ -1,0 +1,118 @@
+"""The Ray engine, on a local 2-CPU Ray cluster: the same index as the local engine, a worker
+killed mid-build is restarted, and without Ray a one-line install hint."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY_ENCODER
+from test_scale import same_store
+
+from siamindex import cluster, scale
+from siamindex.build import BuildSettings, build_index
+from siamindex.cli import cli
+from siamindex.errors import EngineError
+
+AUGMENTED = BuildSettings(
+    encoder=TINY_ENCODER,
+    data_dir="mnist-aug:20000:3",
+    splits=("train",),
+    index_type="IVF16,Flat",
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def local_augmented(tmp_path_factory):
+    settings = BuildSettings(**{**AUGMENTED.__dict__, "index": tmp_path_factory.mktemp("l") / "i"})
+    return scale.build(settings)[0]
+
+
+def test_ray_engine_builds_the_local_engines_index(tmp_path, ray_cluster, local_augmented):
+    on_ray, phases = scale.build(
+        BuildSettings(**{**AUGMENTED.__dict__, "index": tmp_path / "ray", "engine": "ray"})
+    )
+    same_store(local_augmented, on_ray)
+    found = on_ray.store.search(on_ray.store.rows.embeddings[:300], 3, nprobe=4)
+    expected = local_augmented.store.search(
+        local_augmented.store.rows.embeddings[:300], 3, nprobe=4
+    )
+    assert np.array_equal(found[1], expected[1])
+    assert np.allclose(found[0], expected[0], atol=1e-5)
+    workers = [name for name in phases.peak_mb if name.startswith("worker")]
+    assert workers  # each actor that embedded a shard reports its memory
+
+
+def test_ray_engine_matches_the_in_memory_build_of_files(tmp_path, ray_cluster, small_idx_dir):
+    settings = BuildSettings(
+        encoder=TINY_ENCODER,
+        index=tmp_path / "whole",
+        data_dir=small_idx_dir,
+        progress=False,
+        open_set=200,
+    )
+    whole, _ = build_index(settings)
+    on_ray, _ = scale.build(
+        BuildSettings(**{**settings.__dict__, "index": tmp_path / "ray", "engine": "ray"})
+    )
+    same_store(whole, on_ray)
+    assert whole.facts.open_set_rejected == pytest.approx(on_ray.facts.open_set_rejected)
+
+
+def test_a_worker_killed_mid_build_is_restarted_and_the_build_completes(
+    tmp_path, ray_cluster, monkeypatch, local_augmented
+):
+    target = tmp_path / "idx"
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(cluster.KILL_ENV, f"10000:{marker}")  # the worker on the second shard
+    on_ray, _ = scale.build(
+        BuildSettings(**{**AUGMENTED.__dict__, "index": target, "engine": "ray"})
+    )
+    assert marker.exists(), "no worker was killed: the test hook did not fire"
+    same_store(local_augmented, on_ray)
+
+
+def test_a_failing_engine_publishes_nothing(tmp_path, ray_cluster, small_idx_dir):
+    target = tmp_path / "idx"
+    settings = BuildSettings(
+        encoder=TINY_ENCODER, index=target, data_dir=small_idx_dir, progress=False
+    )
+    build_index(settings)
+    before = target.resolve()
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a keras file")
+    with pytest.raises(EngineError, match="old index .* is unchanged"):
+        scale.build(
+            BuildSettings(
+                **{**settings.__dict__, "encoder": broken, "engine": "ray", "force": True}
+            )
+        )
+    assert target.resolve() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, small_idx_dir):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as without the extra
+    with pytest.raises(EngineError, match=r"pip install 'siamindex\[cluster\]'"):
+        cluster.require_ray()
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build-index",
+            "--index",
+            str(tmp_path / "x"),
+            "--encoder",
+            str(TINY_ENCODER),
+            "--data",
+            str(small_idx_dir),
+            "--engine",
+            "ray",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "pip install 'siamindex[cluster]'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
