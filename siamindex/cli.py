@@ -997,6 +997,28 @@ def _print_query(results: Sequence[Any], output_format: str) -> None:
     help="IVF index types: search an IVF index per class, visiting this many lists "
     "(faster, approximate; default: exact).",
 )
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --claims: write the answers to this CSV (chunk by chunk, for files of any "
+    "length) and print only the summary.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="With --out: check the chunks in this process, or on a Ray cluster (the 'cluster' extra).",
+)
+@click.option("--address", default=None, help="Ray cluster to join; default: start a local one.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ray actors that check, each opening the index once; default: one per CPU.",
+)
 @resize_option
 @prepare_option
 @output_option
@@ -1009,6 +1031,10 @@ def check(
     index_name: str,
     per_class: bool,
     nprobe: int | None,
+    out_file: str | None,
+    engine: str,
+    address: str | None,
+    workers: int | None,
     resize: bool,
     prepare: str,
     output_format: str,
@@ -1028,6 +1054,20 @@ def check(
         )
     if claims_file is not None and images:
         raise click.UsageError("--claims takes its images from the CSV; drop the IMAGE arguments.")
+    if out_file is not None and claims_file is None:
+        raise click.UsageError("--out writes the answers to --claims FILE.csv; add --claims.")
+    if engine == "ray" and out_file is None:
+        raise click.UsageError("--engine ray writes its answers to a file; add --out FILE.csv.")
+    for option, value in (("address", address), ("workers", workers)):
+        if value is not None and engine != "ray":
+            raise click.UsageError(f"--{option} applies to --engine ray only; add --engine ray.")
+    if out_file is not None and claims_file is not None:
+        from siamindex.bulk import CheckSettings, check_claims
+
+        settings = CheckSettings(index_name, per_class, nprobe, resize, prepare)
+        done = check_claims(claims_file, out_file, settings, engine, address, workers)
+        _print_bulk_check(done, output_format)
+        return
     from siamindex.index import Index
     from siamindex.query import membership_summary
 
@@ -1047,11 +1087,12 @@ def _claims(
     prepare: str,
 ) -> tuple[Any, list[str], list[str], list[str | None]]:
     """(pixels, names, claimed classes, true classes) from a claims CSV or --class IMAGE..."""
+    from siamindex.bulk import check_claim_classes
     from siamindex.inputs import load_images, read_claims
 
     if claims_file is not None:
         claims = read_claims(claims_file, resize=resize, prepare=prepare)
-        _check_claim_classes(index, claims, claims_file)
+        check_claim_classes(index.store.class_names, claims, claims_file)
         return claims.images.pixels, claims.images.names, claims.classes, claims.true_classes
     loaded = load_images(images, resize=resize, prepare=prepare)
     known = index.store.class_names
@@ -1059,41 +1100,13 @@ def _claims(
     return loaded.pixels, loaded.names, [str(class_name)] * len(loaded), truth
 
 
-CHECK_CSV_HEADER = [
-    "image",
-    "class",
-    "member",
-    "distance",
-    "support_distance",
-    "threshold",
-    "threshold_kind",
-    "nearest_id",
-    "true_class",
-    "probability",
-]
-
-
 def _print_check(results: Sequence[Any], summary: Any, output_format: str) -> None:
-    from siamindex.query import to_json
+    from siamindex.query import CHECK_CSV_HEADER, check_row, to_json
 
     if output_format == "json":
         click.echo(json.dumps({"results": to_json(results), "summary": summary}, indent=2))
         return
-    rows = [
-        [
-            r.query,
-            r.class_name,
-            str(r.is_member).lower(),
-            f"{r.distance:.4f}",
-            f"{r.support_distance:.4f}",
-            f"{r.threshold:.4f}",
-            r.threshold_kind,
-            r.nearest_id,
-            r.true_class or "",
-            _probability(r.probability),
-        ]
-        for r in results
-    ]
+    rows = [check_row(r) for r in results]
     if output_format == "csv":
         _emit_csv(CHECK_CSV_HEADER, rows)
         return
@@ -1110,15 +1123,16 @@ def _print_check(results: Sequence[Any], summary: Any, output_format: str) -> No
         click.echo(_summary_table(summary))
 
 
-def _check_claim_classes(index: Any, claims: Any, path: str) -> None:
-    known = set(index.store.class_names)
-    for line, claimed, truth in zip(claims.lines, claims.classes, claims.true_classes, strict=True):
-        for what, value in (("class", claimed), ("true_class", truth)):
-            if value is not None and value not in known:
-                raise click.ClickException(
-                    f"{path}, line {line}: unknown {what} '{value}'; this index has classes "
-                    f"{', '.join(index.store.class_names[:20])}."
-                )
+def _print_bulk_check(done: Any, output_format: str) -> None:
+    if output_format == "json":
+        click.echo(json.dumps(dataclasses.asdict(done), indent=2))
+        return
+    click.echo(
+        f"{done.claims} claims: {done.members} true, {done.claims - done.members} false; "
+        f"answers in {done.out}."
+    )
+    if done.summary:
+        click.echo(_summary_table(done.summary))
 
 
 def _summary_table(summary: dict[str, Any]) -> str:

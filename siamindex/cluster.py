@@ -112,24 +112,14 @@ def embed_shards(
         num_cpus=ACTOR_CPUS,
         runtime_env={"env_vars": passed} if passed else None,
     )
-    try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
-    except Exception as exc:  # Ray wraps worker failures in its own (many) exception types
-        if isinstance(exc, (GeneratorExit, KeyboardInterrupt)):
-            raise
-        raise EngineError(
-            f"The Ray engine failed ({_first_line(exc)}); nothing was published, the old index "
-            "(if any) is unchanged. Run again; if it persists, try --engine local."
-        ) from None
+    yield from _streamed(dataset)
 
 
 class _ShardEmbedder:
     """A Ray actor: loads the encoder once, then embeds one shard task per call."""
 
     def __init__(self, encoder: str, batch_size: int, threads: int) -> None:
-        # Before TensorFlow loads (with the encoder): its share of the cores, not all of them.
-        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-            os.environ[name] = str(threads)
+        _share_cores(threads)
         from siamindex.embedding import embed_in_chunks, load_embedder
 
         embed = load_embedder(Path(encoder), batch_size)
@@ -146,6 +136,12 @@ class _ShardEmbedder:
         columns["worker"] = np.full(count, os.getpid())
         columns["worker_peak_mb"] = np.full(count, _peak_mb())
         return columns
+
+
+def _share_cores(threads: int) -> None:
+    """Before TensorFlow loads (with the encoder): this actor's share of the cores, not all."""
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
 def _maybe_die(task: shards.ShardTask) -> None:
@@ -174,3 +170,62 @@ def _peak_mb() -> float:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+def check_chunks(
+    chunks: list[Any], settings: Any, address: str | None = None, workers: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Check claims chunks (``bulk.Chunk``) on Ray: an actor pool that each open the index
+    (and its encoder) once; answers yielded in chunk order.
+
+    Raises:
+        EngineError: Ray is missing, the cluster unreachable, or the pipeline failed.
+    """
+    from siamindex import bulk
+
+    ray = start(address)
+    from ray.data import ActorPoolStrategy, DataContext
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
+    workers = workers or max(1, int(cpus))
+    items = [{"chunk": bulk.chunk_to_json(chunk)} for chunk in chunks]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _ChunkChecker,
+        fn_constructor_kwargs={
+            "settings": dataclasses.asdict(settings),
+            "threads": max(1, int(cpus // workers)),
+        },
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=workers),
+        num_cpus=ACTOR_CPUS,
+    )
+    yield from _streamed(dataset)
+
+
+def _streamed(dataset: Any) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as exc:  # Ray wraps worker failures in its own (many) exception types
+        raise EngineError(
+            f"The Ray engine failed ({_first_line(exc)}); nothing was published or written, the "
+            "old index (if any) is unchanged. Run again; if it persists, try --engine local."
+        ) from None
+
+
+class _ChunkChecker:
+    """A Ray actor: opens the index once, then checks one claims chunk per call."""
+
+    def __init__(self, settings: dict[str, Any], threads: int) -> None:
+        _share_cores(threads)
+        from siamindex import bulk
+
+        self._check = bulk.ChunkChecker(bulk.CheckSettings(**settings))
+        self._chunk = bulk.chunk_from_json
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = [self._check(self._chunk(text)) for text in batch["chunk"]]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -38,6 +38,10 @@ ARTICLE_THRESHOLD = 0.5  # the article's fixed pair threshold
 # class "members": with 1, a single train "3" inside the 5s accepted 85% of "is a 3" claims
 # about 5s.
 DEFAULT_SUPPORT = 3
+# Class-restricted search in IVF indexes of at least this many rows runs inside the index with a
+# per-class id selector (no per-class copy of the vectors), visiting this many lists by default.
+SELECTOR_FROM = 200_000
+DEFAULT_CLASS_NPROBE = 32
 # The acceptance rule (build-index): at least this share of true claims accepted, and this many
 # generated non-digits among the false claims it is calibrated on (bundled MNIST only).
 DEFAULT_MIN_RECALL = 0.99

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from siamindex import blas, bundle, curation
+from siamindex.defaults import DEFAULT_CLASS_NPROBE, SELECTOR_FROM
 from siamindex.embedding import Embedder, embed_distinct, load_embedder
 from siamindex.errors import BadSearchSetting, DataError, IncompatibleIndex
 from siamindex.facts import IndexFacts
@@ -28,7 +29,7 @@ from siamindex.query import (
     compare,
     nearest,
 )
-from siamindex.search import ClassPartition
+from siamindex.search import ClassPartition, SelectorPartition
 from siamindex.store import IndexStore, Rows, image_hashes, search_parameters
 
 logger = logging.getLogger(__name__)
@@ -150,9 +151,17 @@ class Index:
 
     @property
     def partition(self) -> ClassPartition:
-        """Exact per-class sub-indexes over the stored embeddings (built on first use)."""
+        """Class-restricted search (built on first use): exact per-class sub-indexes over the
+        stored embeddings; for IVF indexes of 200,000 rows or more, the index itself with a
+        per-class id selector (approximate, no copy of the vectors)."""
         if self._partition is None:
-            self._partition = ClassPartition(self.store.rows.embeddings, self.store.rows.labels)
+            rows = self.store.rows
+            if self.store.kind == "ivf" and len(rows) >= SELECTOR_FROM:
+                self._partition = SelectorPartition(
+                    self.store.index, rows.ids, rows.labels, DEFAULT_CLASS_NPROBE
+                )
+            else:
+                self._partition = ClassPartition(rows.embeddings, rows.labels)
         return self._partition
 
     # -- reading -----------------------------------------------------------------------------

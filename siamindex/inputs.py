@@ -132,7 +132,7 @@ def _dataset_item(spec: str, match: re.Match[str]) -> tuple[np.ndarray, list[str
     return dataset.images[rows], [f"mnist:{split}:{i}" for i in rows], dataset.labels[rows]
 
 
-def _layout(resize: bool, prepare: str) -> str:
+def layout_of(resize: bool, prepare: str) -> str:
     """One word for how images become 28x28: "resize" (the --resize flag) or a prepare mode."""
     return "resize" if resize else check_mode(prepare)
 
@@ -193,7 +193,7 @@ def load_images(specs: Sequence[str], resize: bool = False, prepare: str = "auto
     """
     if not specs:
         raise DataError("No images given; pass image files, .npy/IDX files, or mnist:test:N.")
-    layout = _layout(resize, prepare)
+    layout = layout_of(resize, prepare)
     parts = [load_one(spec, layout) for spec in specs]
     return Images(
         pixels=np.concatenate([p for p, _, _ in parts]),
@@ -237,12 +237,15 @@ def read_claims(path: str | Path, resize: bool = False, prepare: str = "auto") -
             f"Claims file '{path}' is not a UTF-8 text CSV ({type(exc).__name__})."
         ) from None
     try:
-        return _parse_claims(path, text, _layout(resize, prepare))
+        return parse_claims_text(path, text, layout_of(resize, prepare))
     except csv.Error as exc:
         raise DataError(f"Claims file '{path}' is not valid CSV ({exc}).") from None
 
 
-def _parse_claims(path: Path, text: str, layout: str) -> ClaimsFile:
+def parse_claims_text(path: Path, text: str, layout: str, line_offset: int = 0) -> ClaimsFile:
+    """``read_claims`` of a claims CSV's text (its header first); line numbers in errors and
+    in ``lines`` are shifted by ``line_offset`` (for a chunk of a bigger file, its header line
+    then its data lines)."""
     import csv
 
     reader = csv.reader(text.splitlines())
@@ -266,7 +269,7 @@ def _parse_claims(path: Path, text: str, layout: str) -> ClaimsFile:
     cache: dict[str, tuple[np.ndarray, list[str], np.ndarray]] = {}
     pixels, names, classes, truths, lines = [], [], [], [], []
     for row in reader:
-        line = reader.line_num
+        line = reader.line_num + line_offset
         if not any(cell.strip() for cell in row):
             continue
         if any(ch < " " and ch != "\t" for cell in row for ch in cell):

@@ -106,6 +106,11 @@ def classification_summary(predicted: np.ndarray, actual: np.ndarray) -> dict[st
     fp = int(np.sum(predicted & ~actual))
     fn = int(np.sum(~predicted & actual))
     tn = int(np.sum(~predicted & ~actual))
+    return summary_of_counts(tp, fp, fn, tn)
+
+
+def summary_of_counts(tp: int, fp: int, fn: int, tn: int) -> dict[str, float | int]:
+    """``classification_summary`` from the four confusion counts."""
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

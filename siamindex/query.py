@@ -255,6 +255,37 @@ def check_membership(
     ]
 
 
+CHECK_CSV_HEADER = [
+    "image",
+    "class",
+    "member",
+    "distance",
+    "support_distance",
+    "threshold",
+    "threshold_kind",
+    "nearest_id",
+    "true_class",
+    "probability",
+]
+
+
+def check_row(result: MembershipResult) -> list[str]:
+    """One claim's answer as ``check``'s CSV/table row (columns ``CHECK_CSV_HEADER``)."""
+    r = result
+    return [
+        r.query,
+        r.class_name,
+        str(r.is_member).lower(),
+        f"{r.distance:.4f}",
+        f"{r.support_distance:.4f}",
+        f"{r.threshold:.4f}",
+        r.threshold_kind,
+        str(r.nearest_id),
+        r.true_class or "",
+        "" if r.probability is None else f"{r.probability:.4f}",
+    ]
+
+
 def _probabilities(store: IndexStore, support_distances: np.ndarray) -> np.ndarray | None:
     if store.probability is None:
         return None
@@ -267,19 +298,44 @@ def membership_summary(results: Sequence[MembershipResult]) -> dict[str, object]
     known = [r for r in results if r.true_class is not None]
     if not known:
         return None
-    predicted = np.array([r.is_member for r in known])
-    actual = np.array([r.class_name == r.true_class for r in known])
-    claimed = np.array([r.class_name for r in known])
-    return {
-        "claims": len(known),
-        **metrics.classification_summary(predicted, actual),
-        "per_class": {
-            str(name): metrics.classification_summary(
-                predicted[claimed == name], actual[claimed == name]
-            )
-            for name in sorted(set(claimed.tolist()), key=lambda c: (len(c), c))
-        },
-    }
+    counts = ConfusionCounts()
+    counts.add(
+        np.array([r.class_name for r in known]),
+        np.array([r.is_member for r in known]),
+        np.array([r.class_name == r.true_class for r in known]),
+    )
+    return counts.summary()
+
+
+class ConfusionCounts:
+    """Running confusion counts per claimed class, so that claims checked in chunks (``bulk``)
+    get the same summary as ``membership_summary`` without keeping every answer."""
+
+    def __init__(self) -> None:
+        self.per_class: dict[str, np.ndarray] = {}  # class -> [tp, fp, fn, tn]
+
+    def add(self, claimed: np.ndarray, predicted: np.ndarray, actual: np.ndarray) -> None:
+        """Count claims of known truth: claimed class, accepted?, true?"""
+        for name in np.unique(claimed):
+            mine = claimed == name
+            p, a = predicted[mine], actual[mine]
+            counts = [np.sum(p & a), np.sum(p & ~a), np.sum(~p & a), np.sum(~p & ~a)]
+            total = self.per_class.setdefault(str(name), np.zeros(4, np.int64))
+            total += np.array(counts, np.int64)
+
+    def summary(self) -> dict[str, object] | None:
+        """``membership_summary``'s dictionary; None when nothing was counted."""
+        if not self.per_class:
+            return None
+        overall = sum(self.per_class.values(), np.zeros(4, np.int64))
+        return {
+            "claims": int(overall.sum()),
+            **metrics.summary_of_counts(*map(int, overall)),
+            "per_class": {
+                name: metrics.summary_of_counts(*map(int, self.per_class[name]))
+                for name in sorted(self.per_class, key=lambda c: (len(c), c))
+            },
+        }
 
 
 def compare(

@@ -146,7 +146,7 @@ class _StreamWriter:
             write = None
             started = time.perf_counter()
             for columns in embedded:
-                self._tick("embed", started)
+                self._tick("wait for shards", started)
                 self._note_worker(columns)
                 if columns["split"].size and columns["split"][0] == shards.OPEN_SET:
                     self.unlike = columns["embeddings"]
@@ -182,6 +182,13 @@ class _StreamWriter:
         seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
 
     def _note_worker(self, columns: shards.Columns) -> None:
+        """Add up the engine's own seconds (across its workers) and each worker's memory."""
+        for phase, column in (
+            ("load (worker s)", "load_seconds"),
+            ("embed (worker s)", "embed_seconds"),
+        ):
+            seconds = self.phases.seconds
+            seconds[phase] = round(seconds.get(phase, 0.0) + float(np.sum(columns[column])), 3)
         if "worker" in columns and len(columns["worker"]):
             pid, peak = str(columns["worker"][0]), float(np.max(columns["worker_peak_mb"]))
             self.worker_peaks[pid] = max(self.worker_peaks.get(pid, 0.0), peak)

@@ -207,3 +207,69 @@ class ClassPartition:
             squared[where, :width] = np.where(local >= 0, found_squared, np.inf)
             rows[where, :width] = np.where(local >= 0, members[np.maximum(local, 0)], -1)
         return squared, rows
+
+
+class SelectorPartition(ClassPartition):
+    """Class-restricted search in a big IVF index itself: no copy of the vectors.
+
+    ``ClassPartition`` keeps a copy of every class's vectors, which doubles the memory of an
+    index of millions. Here each class is a bitmap of its ids (one bit per id: 125 kB per
+    class at a million), passed with each search as a FAISS ``IDSelectorBitmap`` so that the
+    IVF lists visited yield only members. Searches visit ``nprobe`` lists (the call's, else
+    ``default_nprobe``), so answers are approximate, like every IVF search.
+
+    Args:
+        index: the FAISS index of an IVF type (its ids are ``ids``).
+        ids: (m,) int64 stored ids, increasing; row r holds id ids[r].
+        labels: (m,) class of each row.
+        default_nprobe: lists visited when a call gives no nprobe.
+    """
+
+    def __init__(
+        self, index: Any, ids: np.ndarray, labels: np.ndarray, default_nprobe: int
+    ) -> None:
+        import faiss
+
+        labels = np.asarray(labels)
+        self._index, self._ids, self.default_nprobe = index, np.asarray(ids), default_nprobe
+        self.rows = {}
+        self._bitmaps: dict[int, np.ndarray] = {}  # the selectors point into these: keep them
+        self._selectors: dict[int, Any] = {}
+        size = int(self._ids[-1]) + 1 if len(self._ids) else 0
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            members = np.zeros(size, bool)
+            members[self._ids[rows]] = True
+            bitmap = np.packbits(members, bitorder="little")  # FAISS reads bit (id & 7) of id >> 3
+            self.rows[int(label)] = rows
+            self._bitmaps[int(label)] = bitmap
+            self._selectors[int(label)] = faiss.IDSelectorBitmap(
+                len(bitmap), faiss.swig_ptr(bitmap)
+            )
+
+    def lists(self, label: int) -> int:
+        import faiss
+
+        return int(faiss.extract_index_ivf(self._index).nlist)
+
+    def _search(
+        self, queries: np.ndarray, classes: np.ndarray, k: int, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        classes = np.asarray(classes)
+        squared = np.full((len(queries), k), np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for label in np.unique(classes):
+            where = np.flatnonzero(classes == label)
+            width = min(k, len(self.rows[int(label)]))
+            params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
+                sel=self._selectors[int(label)], nprobe=int(nprobe or self.default_nprobe)
+            )
+            found_squared, ids = self._index.search(queries[where], width, params=params)
+            found = ids >= 0
+            squared[where, :width] = np.where(found, found_squared, np.inf)
+            at = np.searchsorted(self._ids, np.maximum(ids, 0))
+            rows[where, :width] = np.where(found, at, -1)
+        return squared, rows

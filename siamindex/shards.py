@@ -9,6 +9,7 @@ image hashes: the columns a bundle stores for each row. NumPy only, until the en
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -127,15 +128,24 @@ def embed_shard(task: ShardTask, embed: Callable[[np.ndarray], np.ndarray]) -> C
     """Load a task and embed it: every column a bundle stores for its rows.
 
     Returns:
-        {"ids", "labels", "split", "source_index", "image_sha256", "embeddings", "images"}.
+        {"ids", "labels", "split", "source_index", "image_sha256", "embeddings", "images"},
+        and "load_seconds" and "embed_seconds": each row's share of the seconds the shard took
+        to load (or generate) and to embed, so that sums over rows are the work's seconds.
     """
+    started = time.perf_counter()
     images, labels, source_index = load(task)
+    loaded = time.perf_counter()
+    vectors = np.asarray(embed(images), dtype=np.float32)
+    embedded = time.perf_counter()
+    share = 1 / max(1, len(images))  # each row carries its share of the shard's seconds
     return {
         "ids": np.arange(task.first_id, task.first_id + len(images), dtype=np.int64),
         "labels": np.asarray(labels, dtype=np.int64),
         "split": np.full(len(images), task.split),
         "source_index": np.asarray(source_index, dtype=np.int64),
         "image_sha256": image_hashes(images),
-        "embeddings": np.asarray(embed(images), dtype=np.float32),
+        "embeddings": vectors,
         "images": np.asarray(images, dtype=np.uint8),
+        "load_seconds": np.full(len(images), (loaded - started) * share),
+        "embed_seconds": np.full(len(images), (embedded - loaded) * share),
     }

@@ -13,7 +13,8 @@ import schemas
 from click.testing import CliRunner
 from schemas import assert_schema
 
-from siamindex.cli import CHECK_CSV_HEADER, cli
+from siamindex.cli import cli
+from siamindex.query import CHECK_CSV_HEADER
 
 TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 

@@ -116,3 +116,19 @@ def test_without_ray_the_cli_says_how_to_install_it(tmp_path, monkeypatch, small
     assert "pip install 'siamindex[cluster]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_ray_checks_a_claims_file_as_the_local_engine_does(
+    tmp_path, ray_cluster, tiny_index, mnist_test, monkeypatch
+):
+    from test_bulk import write_claims
+
+    from siamindex import bulk
+
+    monkeypatch.setattr(bulk, "CHUNK_CLAIMS", 100)
+    path = write_claims(tmp_path / "claims.csv", mnist_test, 250)
+    settings = bulk.CheckSettings(str(tiny_index))
+    local = bulk.check_claims(path, tmp_path / "local.csv", settings)
+    on_ray = bulk.check_claims(path, tmp_path / "ray.csv", settings, engine="ray", workers=2)
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()
+    assert on_ray.summary == local.summary and on_ray.claims == 250

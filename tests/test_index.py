@@ -303,3 +303,39 @@ def test_a_bundle_that_keeps_no_pixels_reads_them_from_its_dataset(tmp_path):
     rows = index.store.rows
     source = load_dataset(split=str(rows.split[7])).images[rows.source_index[7]]
     np.testing.assert_array_equal(image, source)
+
+
+def test_big_ivf_indexes_search_classes_inside_the_index(
+    tmp_path, small_idx_dir, fake_encoder, monkeypatch
+):
+    from fakes import fake_encoder_file
+
+    from siamindex import index as index_module
+    from siamindex.build import BuildSettings, build_index
+    from siamindex.search import ClassPartition, SelectorPartition
+
+    built, _ = build_index(
+        BuildSettings(
+            encoder=fake_encoder_file(tmp_path),
+            index=tmp_path / "ivf",
+            data_dir=small_idx_dir,
+            index_type="IVF8,Flat",
+            progress=False,
+        ),
+        embed=fake_encoder,
+    )
+    assert type(built.partition) is ClassPartition  # 1,300 rows: per-class copies, exact
+    monkeypatch.setattr(index_module, "SELECTOR_FROM", 1000)  # "big" from 1,000 rows
+    big = Index.open(tmp_path / "ivf", embed=fake_encoder)
+    assert isinstance(big.partition, SelectorPartition)
+    vectors = big.store.rows.embeddings[:100]
+    claimed = [
+        big.store.class_names[(label + i) % 10]
+        for i, label in enumerate(big.store.rows.labels[:100])
+    ]
+    every_list = big.check_vectors(vectors, claimed, nprobe=8)
+    exact = built.check_vectors(vectors, claimed)
+    assert [r.is_member for r in every_list] == [r.is_member for r in exact]
+    assert np.allclose(
+        [r.support_distance for r in every_list], [r.support_distance for r in exact], atol=1e-4
+    )

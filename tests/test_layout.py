@@ -47,7 +47,8 @@ ALLOWED = {
     "metadata": {"bundle", "facts"},
     "store": {"bundle", "errors", "facts", "metadata", "search"},
     "shards": {"augmented", "data", "errors", "exposure", "store"},
-    "cluster": {"embedding", "errors", "shards"},  # Ray lives here only
+    "cluster": {"bulk", "embedding", "errors", "shards"},  # Ray lives here only
+    "bulk": {"cluster", "errors", "index", "inputs", "query"},
     "scale": {
         "augmented",
         "build",
@@ -67,6 +68,7 @@ ALLOWED = {
         "bundle",
         "curation",
         "data",
+        "defaults",
         "embedding",
         "errors",
         "facts",
@@ -96,6 +98,7 @@ ALLOWED = {
         "api",
         "blas",
         "build",
+        "bulk",
         "bundle",
         "curation",
         "data",

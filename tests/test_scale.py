@@ -48,7 +48,7 @@ def test_streamed_build_is_the_in_memory_build(tmp_path, small_idx_dir):
     assert np.array_equal(
         whole.store.with_images().rows.images, streamed.store.with_images().rows.images
     )
-    assert {"embed", "add", "calibrate"} <= set(phases.seconds)
+    assert {"load (worker s)", "embed (worker s)", "add", "calibrate"} <= set(phases.seconds)
 
 
 def test_an_ivf_type_is_trained_on_the_first_shards_then_filled(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import brute_force
 
-from siamindex.search import ClassPartition, exact_search
+from siamindex.search import ClassPartition, SelectorPartition, exact_search
 
 
 def test_exact_search_matches_numpy(vectors):
@@ -98,3 +98,52 @@ def test_class_partition_with_nprobe_searches_an_ivf_index_per_class():
     assert 0.3 < found < 1.0
     nearest, _, _ = partition.nearest(queries, classes, support=3, nprobe=everything)
     np.testing.assert_allclose(nearest, exact_distances[:, 0], rtol=1e-5)
+
+
+def _ivf_with_gaps(vectors: np.ndarray, lists: int = 16):
+    """An IDMap2 IVF index whose ids skip some numbers (as after `remove`)."""
+    import faiss
+
+    ids = np.arange(len(vectors), dtype=np.int64) * 2 + 5
+    index = faiss.index_factory(vectors.shape[1], f"IDMap2,IVF{lists},Flat")
+    index.train(vectors)
+    index.add_with_ids(vectors, ids)
+    return index, ids
+
+
+def test_selector_partition_visiting_every_list_is_exact():
+    rng = np.random.default_rng(3)
+    stored = rng.normal(size=(3000, 12)).astype(np.float32)
+    labels = rng.integers(0, 4, len(stored))
+    queries = rng.normal(size=(200, 12)).astype(np.float32)
+    claimed = rng.integers(0, 4, len(queries))
+    index, ids = _ivf_with_gaps(stored)
+    exact = ClassPartition(stored, labels)
+    selector = SelectorPartition(index, ids, labels, default_nprobe=16)  # 16 = every list
+    for got, want in zip(
+        selector.nearest(queries, claimed, support=3),
+        exact.nearest(queries, claimed, support=3),
+        strict=True,
+    ):
+        assert np.allclose(got, want, atol=1e-4)
+    own = np.arange(0, 3000, 15)
+    got = selector.nearest(stored[own], labels[own], exclude_rows=own, support=2)
+    want = exact.nearest(stored[own], labels[own], exclude_rows=own, support=2)
+    assert np.array_equal(got[1], want[1]) and np.allclose(got[2], want[2], atol=1e-4)
+    distances, rows = selector.search(queries, claimed, k=4)
+    assert (labels[rows] == claimed[:, None]).all()  # only members of the claimed class
+
+
+def test_selector_partition_visits_only_the_lists_asked_for():
+    # Two classes in two far clusters, an IVF index of two lists (one per cluster): a query in
+    # class 0's cluster claimed as class 1 finds no member in its one nearest list.
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 500)
+    stored = rng.normal(size=(1000, 8)).astype(np.float32)
+    stored[labels == 1] += 100
+    index, ids = _ivf_with_gaps(stored, lists=2)
+    selector = SelectorPartition(index, ids, labels, default_nprobe=1)
+    query, claimed = stored[:1] + 0.01, np.array([1])
+    assert selector.nearest(query, claimed)[1][0] == -1
+    assert np.isinf(selector.nearest(query, claimed)[0][0])
+    assert labels[selector.nearest(query, claimed, nprobe=2)[1][0]] == 1
