@@ -213,13 +213,15 @@ class SelectorPartition(ClassPartition):
     """Class-restricted search in a big IVF index itself: no copy of the vectors.
 
     ``ClassPartition`` keeps a copy of every class's vectors, which doubles the memory of an
-    index of millions. Here each class is a bitmap of its ids (one bit per id: 125 kB per
-    class at a million), passed with each search as a FAISS ``IDSelectorBitmap`` so that the
-    IVF lists visited yield only members. Searches visit ``nprobe`` lists (the call's, else
-    ``default_nprobe``), so answers are approximate, like every IVF search.
+    index of millions. Here each class is a bitmap over the IVF index's own entries (one bit
+    per stored vector: 125 kB per class at a million), passed with each search as a FAISS
+    ``IDSelectorBitmap`` so that the lists visited yield only members; the IVF index is searched
+    under its id map, whose ids are translated once here rather than per entry scanned. Searches
+    visit ``nprobe`` lists (the call's, else ``default_nprobe``): approximate, like every IVF
+    search.
 
     Args:
-        index: the FAISS index of an IVF type (its ids are ``ids``).
+        index: the FAISS index of an IVF type, in an id map whose ids are ``ids``.
         ids: (m,) int64 stored ids, increasing; row r holds id ids[r].
         labels: (m,) class of each row.
         default_nprobe: lists visited when a call gives no nprobe.
@@ -231,26 +233,25 @@ class SelectorPartition(ClassPartition):
         import faiss
 
         labels = np.asarray(labels)
-        self._index, self._ids, self.default_nprobe = index, np.asarray(ids), default_nprobe
+        self._inner: Any = faiss.downcast_index(index.index)
+        # The IVF index's own entry numbers, and the stored row each one is.
+        self._row_of = np.searchsorted(np.asarray(ids), faiss.vector_to_array(index.id_map))
+        self.default_nprobe = default_nprobe
         self.rows = {}
         self._bitmaps: dict[int, np.ndarray] = {}  # the selectors point into these: keep them
         self._selectors: dict[int, Any] = {}
-        size = int(self._ids[-1]) + 1 if len(self._ids) else 0
+        entry_labels = labels[self._row_of]
         for label in np.unique(labels):
-            rows = np.flatnonzero(labels == label)
-            members = np.zeros(size, bool)
-            members[self._ids[rows]] = True
-            bitmap = np.packbits(members, bitorder="little")  # FAISS reads bit (id & 7) of id >> 3
-            self.rows[int(label)] = rows
+            self.rows[int(label)] = np.flatnonzero(labels == label)
+            # FAISS reads bit (entry & 7) of byte (entry >> 3).
+            bitmap = np.packbits(entry_labels == label, bitorder="little")
             self._bitmaps[int(label)] = bitmap
             self._selectors[int(label)] = faiss.IDSelectorBitmap(
                 len(bitmap), faiss.swig_ptr(bitmap)
             )
 
     def lists(self, label: int) -> int:
-        import faiss
-
-        return int(faiss.extract_index_ivf(self._index).nlist)
+        return int(self._inner.nlist)
 
     def _search(
         self, queries: np.ndarray, classes: np.ndarray, k: int, nprobe: int | None
@@ -267,9 +268,8 @@ class SelectorPartition(ClassPartition):
             params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
                 sel=self._selectors[int(label)], nprobe=int(nprobe or self.default_nprobe)
             )
-            found_squared, ids = self._index.search(queries[where], width, params=params)
-            found = ids >= 0
+            found_squared, entries = self._inner.search(queries[where], width, params=params)
+            found = entries >= 0
             squared[where, :width] = np.where(found, found_squared, np.inf)
-            at = np.searchsorted(self._ids, np.maximum(ids, 0))
-            rows[where, :width] = np.where(found, at, -1)
+            rows[where, :width] = np.where(found, self._row_of[np.maximum(entries, 0)], -1)
         return squared, rows
