@@ -403,8 +403,9 @@ def load_dataset(
 
     Args:
         data_dir: None for the bundled MNIST, ``mnist-aug:N[:SEED]`` for N distorted MNIST
-            train images as the train split (its test split is MNIST's), else an IDX folder or
-            a folder of class folders.
+            train images as the train split (its test split is MNIST's), else an IDX folder,
+            a folder of class folders, or a folder of Parquet files or .npy shards (the train
+            split; see ``shardfiles``).
         split: "train" or "test".
         resize: resize image files that are not 28x28 (IDX data must be 28x28 already).
 
@@ -419,7 +420,11 @@ def load_dataset(
     if data_dir is None:
         return _load_idx_split(bundled_mnist_dir(), split, True)
     if augmented.is_spec(data_dir):
-        return _augmented_split(augmented.AugmentedMnist.parse(str(data_dir)), split)
+        if split != "train":  # the distorted images stand in for the train split only
+            return _load_idx_split(bundled_mnist_dir(), split, True)
+        from siamindex import shardfiles  # it builds a Dataset of what augmented generates
+
+        return shardfiles.augmented_split(augmented.AugmentedMnist.parse(str(data_dir)))
     folder = Path(data_dir)
     if not folder.is_dir():
         raise DataError(
@@ -428,6 +433,10 @@ def load_dataset(
         )
     if any(folder.glob("*-idx[13]-ubyte*")):
         return _load_idx_split(folder.resolve(), split, False)
+    from siamindex import shardfiles  # it reads images with this module's decoder
+
+    if shardfiles.kind_of(str(folder)) is not None:
+        return shardfiles.load_split(folder, split)
     if (folder / "train").is_dir() or (folder / "test").is_dir():
         if not (folder / split).is_dir():
             raise DataError(
@@ -440,19 +449,3 @@ def load_dataset(
             f"arrange it as {folder}/train/<class>/ and {folder}/{split}/<class>/."
         )
     return _load_folder_split(folder, split, resize)
-
-
-def _augmented_split(source: augmented.AugmentedMnist, split: str) -> Dataset:
-    """A split of ``mnist-aug:N``, all shards in memory (the engines read it shard by shard)."""
-    mnist = _load_idx_split(bundled_mnist_dir(), split, True)
-    if split != "train":
-        return mnist  # the distorted images stand in for the train split only
-    parts = [source.shard(i, mnist.images, mnist.labels) for i in range(source.shards)]
-    return Dataset(
-        images=np.concatenate([p[0] for p in parts]),
-        labels=np.concatenate([p[1] for p in parts]),
-        class_names=mnist.class_names,
-        split=split,
-        source=source.spec,
-        source_index=np.concatenate([p[2] for p in parts]),
-    )

@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from siamindex import augmented
+from siamindex import augmented, shardfiles
 from siamindex.data import Dataset, load_dataset
 from siamindex.errors import DataError
 from siamindex.store import image_hashes
@@ -37,6 +38,9 @@ class ShardTask:
         start, stop: rows of the split (for an open-set task: seed and count).
         first_id: the index id of row ``start`` (-1 for an open-set task).
         resize: resize class-folder images that are not 28x28.
+        file: for a folder of Parquet files or .npy shards (``shardfiles``), the file whose
+            rows [start, stop) this is; "" otherwise.
+        classes: for such a file, the dataset's class names (labels are looked up in them).
     """
 
     data: str | None
@@ -45,6 +49,8 @@ class ShardTask:
     stop: int
     first_id: int
     resize: bool = False
+    file: str = ""
+    classes: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -70,6 +76,8 @@ def plan(data: str | None, splits: tuple[str, ...], resize: bool = False) -> Pla
     Raises:
         DataError: the dataset or a split cannot be read.
     """
+    if shardfiles.kind_of(data) is not None:
+        return _plan_files(str(data), splits)
     tasks: list[ShardTask] = []
     names: tuple[str, ...] | None = None
     source = "mnist"
@@ -90,6 +98,26 @@ def plan(data: str | None, splits: tuple[str, ...], resize: bool = False) -> Pla
     assert names is not None, "plan() needs at least one split"
     count = sum(task.rows for task in tasks)
     return Plan(tuple(tasks), names, source, count)
+
+
+def _plan_files(data: str, splits: tuple[str, ...]) -> Plan:
+    """A folder of Parquet files or .npy shards: one split, its files cut into shards."""
+    if tuple(splits) != ("train",):
+        raise DataError(
+            f"'{data}' holds {shardfiles.kind_of(data)} files: one split, used as the train "
+            "split; pass --splits train."
+        )
+    sizes, names = shardfiles.survey(data)
+    tasks: list[ShardTask] = []
+    first = 0
+    for path, size in sizes:
+        for start in range(0, size, SHARD_ROWS):
+            stop = min(size, start + SHARD_ROWS)
+            tasks.append(ShardTask(data, "train", start, stop, first + start, False, path, names))
+        first += size
+    if not first:
+        raise DataError(f"'{data}' holds no images.")
+    return Plan(tuple(tasks), names, str(Path(data).resolve()), first)
 
 
 def _same_classes(first: tuple[str, ...], other: tuple[str, ...], data: str | None) -> None:
@@ -114,6 +142,10 @@ def load(task: ShardTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
         images = exposure(task.stop, seed=task.start)
         return images, np.full(len(images), -1, np.int64), np.arange(len(images), dtype=np.int64)
+    if task.file:
+        images, labels = shardfiles.read(task.file, task.start, task.stop, tuple(task.classes))
+        found = np.arange(task.first_id, task.first_id + len(images), dtype=np.int64)
+        return images, labels, found  # the row in the dataset, files in name order
     if augmented.is_spec(task.data) and task.split == "train":
         generated = augmented.AugmentedMnist.parse(str(task.data))
         mnist = _split(None, "train", False)

@@ -27,7 +27,8 @@ ALLOWED = {
     "defaults": {"errors"},
     "facts": {"defaults"},
     "augmented": {"errors"},
-    "data": {"augmented", "errors", "prepare"},
+    "data": {"augmented", "errors", "prepare", "shardfiles"},  # shardfiles lazily
+    "shardfiles": {"augmented", "data", "errors"},
     "inputs": {"data", "errors", "prepare"},
     "pairs": {"defaults"},
     "model": {"defaults", "errors"},  # TensorFlow lives here and in training
@@ -46,7 +47,7 @@ ALLOWED = {
     "bundle": {"data", "defaults", "errors"},
     "metadata": {"bundle", "facts"},
     "store": {"bundle", "errors", "facts", "metadata", "search"},
-    "shards": {"augmented", "data", "errors", "exposure", "store"},
+    "shards": {"augmented", "data", "errors", "exposure", "shardfiles", "store"},
     "cluster": {"bulk", "embedding", "errors", "shards"},  # Ray lives here only
     "bulk": {"cluster", "errors", "index", "inputs", "query"},
     "scale": {
