@@ -102,6 +102,7 @@ def build_streamed(settings: BuildSettings) -> tuple[Index, Phases]:
             ),
             force=settings.force,
         )
+        writer.index = None  # published: free the FAISS index before the bundle is opened
     logger.info("built %s: %s", path, phases.seconds)
     return Index.open(path), phases
 

@@ -98,3 +98,36 @@ def test_robust_goal_non_digits_rejected_while_true_claims_accepted(robust_measu
     for name, measured in robust_measures["outliers"].items():
         assert measured["no_match"] >= 0.95, name
         assert measured["accepted"] <= 0.05, name
+
+
+def test_a_million_images_on_both_engines_give_one_index(tmp_path):
+    # The scale issue's big run, for correctness (speed and memory are tools/bench_scale.py's):
+    # a million generated images through the local engine and through Ray, IVF4096.
+    import ray
+    from conftest import TINY_ENCODER
+
+    from siamindex.build import BuildSettings
+    from siamindex.data import load_dataset
+    from siamindex.scale import build
+
+    settings = BuildSettings(
+        encoder=TINY_ENCODER,
+        data_dir="mnist-aug:1M",
+        splits=("train",),
+        index_type="IVF4096,Flat",
+        progress=False,
+    )
+    local, _ = build(BuildSettings(**{**settings.__dict__, "index": tmp_path / "local"}))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        on_ray, _ = build(
+            BuildSettings(**{**settings.__dict__, "index": tmp_path / "ray", "engine": "ray"})
+        )
+    finally:
+        ray.shutdown()
+    assert local.facts.dataset_fingerprint == on_ray.facts.dataset_fingerprint
+    assert local.store.index.ntotal == on_ray.store.index.ntotal == 1_000_000
+    queries = on_ray.embed(load_dataset(None, "test").images[:2000])
+    found, _ = on_ray.store.search(queries, 1, nprobe=16)
+    truth, _ = local.store.search(queries, 1, nprobe=4096)  # every list: exact
+    assert np.mean(found[:, 0] <= truth[:, 0] * (1 + 1e-4) + 1e-6) >= 0.95
