@@ -346,6 +346,7 @@ def _reset_peak_memory() -> None:
 
 
 def peak_memory_mb() -> float | None:
+    """This process's peak resident memory (MB; since the last reset), None off Linux."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:

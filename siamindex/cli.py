@@ -144,6 +144,42 @@ def _with_sizes(command: F) -> F:
     return command
 
 
+engine_options = [
+    click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Where the work runs: in this process, or on a Ray cluster (the 'cluster' extra), "
+        "shard by shard (check: with --out).",
+    ),
+    click.option(
+        "--address",
+        default=None,
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.",
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Ray actors, each loading the encoder (and index) once; default: one per CPU.",
+    ),
+]
+
+
+def _with_engine(command: F) -> F:
+    for option in reversed(engine_options):
+        command = option(command)
+    return command
+
+
+def _check_engine(engine: str, address: str | None, workers: int | None) -> None:
+    """--address and --workers only mean something on Ray."""
+    for option, value in (("address", address), ("workers", workers)):
+        if value is not None and engine != "ray":
+            raise click.UsageError(f"--{option} applies to --engine ray only; add --engine ray.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="siamindex")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the library is doing.")
@@ -483,25 +519,7 @@ def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str)
     f"rejects what is no class. Default: {DEFAULT_OPEN_SET} for the bundled MNIST, 0 for "
     "--data.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where images are embedded: in this process, or on a Ray cluster (the 'cluster' "
-    "extra), shard by shard.",
-)
-@click.option(
-    "--address",
-    default=None,
-    help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Ray actors that embed, each loading the encoder once; default: one per CPU.",
-)
+@_with_engine
 @click.option(
     "--force", is_flag=True, help="Replace an existing index (once the new one is complete)."
 )
@@ -529,9 +547,7 @@ def build_index(
     from siamindex.build import BuildSettings, check_settings
     from siamindex.scale import build as run_build
 
-    for option in ("address", "workers"):
-        if settings[option] is not None and settings["engine"] != "ray":
-            raise click.UsageError(f"--{option} applies to --engine ray only; add --engine ray.")
+    _check_engine(settings["engine"], settings["address"], settings["workers"])
 
     build = BuildSettings(
         encoder="",
@@ -1005,20 +1021,7 @@ def _print_query(results: Sequence[Any], output_format: str) -> None:
     help="With --claims: write the answers to this CSV (chunk by chunk, for files of any "
     "length) and print only the summary.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="With --out: check the chunks in this process, or on a Ray cluster (the 'cluster' extra).",
-)
-@click.option("--address", default=None, help="Ray cluster to join; default: start a local one.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Ray actors that check, each opening the index once; default: one per CPU.",
-)
+@_with_engine
 @resize_option
 @prepare_option
 @output_option
@@ -1058,9 +1061,7 @@ def check(
         raise click.UsageError("--out writes the answers to --claims FILE.csv; add --claims.")
     if engine == "ray" and out_file is None:
         raise click.UsageError("--engine ray writes its answers to a file; add --out FILE.csv.")
-    for option, value in (("address", address), ("workers", workers)):
-        if value is not None and engine != "ray":
-            raise click.UsageError(f"--{option} applies to --engine ray only; add --engine ray.")
+    _check_engine(engine, address, workers)
     if out_file is not None and claims_file is not None:
         from siamindex.bulk import CheckSettings, check_claims
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from siamindex import shards
+from siamindex.build import peak_memory_mb
 from siamindex.errors import EngineError
 
 INSTALL_HINT = "install it with: pip install 'siamindex[cluster]'"
@@ -134,7 +135,7 @@ class _ShardEmbedder:
         columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         count = len(columns["ids"])
         columns["worker"] = np.full(count, os.getpid())
-        columns["worker_peak_mb"] = np.full(count, _peak_mb())
+        columns["worker_peak_mb"] = np.full(count, peak_memory_mb() or 0.0)
         return columns
 
 
@@ -154,17 +155,6 @@ def _maybe_die(task: shards.ShardTask) -> None:
     if task.first_id == int(first_id) and not os.path.exists(marker):
         Path(marker).write_text(str(os.getpid()))
         os._exit(1)
-
-
-def _peak_mb() -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
 
 
 def _first_line(exc: BaseException) -> str:

@@ -196,17 +196,23 @@ class ClassPartition:
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         for label in np.unique(classes):
             where = np.flatnonzero(classes == label)
-            members = self.rows[int(label)]
-            width = min(k, len(members))
-            if nprobe is None:
-                found_squared, local = self._indexes[int(label)].search(queries[where], width)
-            else:
-                found_squared, local = self._approximate(int(label)).search(
-                    queries[where], width, params=ivf_parameters(nprobe)
-                )
-            squared[where, :width] = np.where(local >= 0, found_squared, np.inf)
-            rows[where, :width] = np.where(local >= 0, members[np.maximum(local, 0)], -1)
+            width = min(k, len(self.rows[int(label)]))
+            found_squared, found = self._search_class(int(label), queries[where], width, nprobe)
+            squared[where, :width] = np.where(found >= 0, found_squared, np.inf)
+            rows[where, :width] = found
         return squared, rows
+
+    def _search_class(
+        self, label: int, queries: np.ndarray, width: int, nprobe: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, stored rows or -1) of the ``width`` nearest members of a class."""
+        if nprobe is None:
+            found_squared, local = self._indexes[label].search(queries, width)
+        else:
+            found_squared, local = self._approximate(label).search(
+                queries, width, params=ivf_parameters(nprobe)
+            )
+        return found_squared, np.where(local >= 0, self.rows[label][np.maximum(local, 0)], -1)
 
 
 class SelectorPartition(ClassPartition):
@@ -253,23 +259,13 @@ class SelectorPartition(ClassPartition):
     def lists(self, label: int) -> int:
         return int(self._inner.nlist)
 
-    def _search(
-        self, queries: np.ndarray, classes: np.ndarray, k: int, nprobe: int | None
+    def _search_class(
+        self, label: int, queries: np.ndarray, width: int, nprobe: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        classes = np.asarray(classes)
-        squared = np.full((len(queries), k), np.inf, dtype=np.float32)
-        rows = np.full((len(queries), k), -1, dtype=np.int64)
-        for label in np.unique(classes):
-            where = np.flatnonzero(classes == label)
-            width = min(k, len(self.rows[int(label)]))
-            params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
-                sel=self._selectors[int(label)], nprobe=int(nprobe or self.default_nprobe)
-            )
-            found_squared, entries = self._inner.search(queries[where], width, params=params)
-            found = entries >= 0
-            squared[where, :width] = np.where(found, found_squared, np.inf)
-            rows[where, :width] = np.where(found, self._row_of[np.maximum(entries, 0)], -1)
-        return squared, rows
+        params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
+            sel=self._selectors[label], nprobe=int(nprobe or self.default_nprobe)
+        )
+        found_squared, entries = self._inner.search(queries, width, params=params)
+        return found_squared, np.where(entries >= 0, self._row_of[np.maximum(entries, 0)], -1)

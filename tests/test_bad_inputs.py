@@ -204,6 +204,23 @@ CASES = [
         1,
         "does not exist",
     ),
+    (["build-index", "--index", "x", "--data", "mnist-aug:0"], 1, "asks for no images"),
+    (["build-index", "--index", "x", "--data", "mnist-aug:many"], 1, "mnist-aug:N[:SEED]"),
+    (["build-index", "--index", "x", "--workers", "2"], 2, "--workers applies to --engine ray"),
+    (["build-index", "--index", "x", "--engine", "spark"], 2, "'spark' is not one of"),
+    (["check", "--claims", "{files}/bad-class.csv", "--engine", "ray"], 2, "add --out FILE.csv"),
+    (["check", "--class", "7", "mnist:test:0", "--out", "{root}/o.csv"], 2, "add --claims"),
+    (
+        ["check", "--claims", "{files}/bad-class.csv", "--out", "{root}/o.csv"],
+        1,
+        "line 3: unknown class 'eleven'",
+    ),
+    (
+        ["check", "--claims", "{files}/fields.csv", "--out", "{root}/o.csv"],
+        1,
+        "line 3: 3 fields but the header has 2",
+    ),
+    (["check", "--claims", "{files}/blank.csv", "--out", "{root}/o.csv"], 1, "no claims"),
     (["nonsense"], 2, "No such command 'nonsense'"),
 ]
 

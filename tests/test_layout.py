@@ -48,7 +48,7 @@ ALLOWED = {
     "metadata": {"bundle", "facts"},
     "store": {"bundle", "errors", "facts", "metadata", "search"},
     "shards": {"augmented", "data", "errors", "exposure", "shardfiles", "store"},
-    "cluster": {"bulk", "embedding", "errors", "shards"},  # Ray lives here only
+    "cluster": {"build", "bulk", "embedding", "errors", "shards"},  # Ray lives here only
     "bulk": {"cluster", "errors", "index", "inputs", "query"},
     "scale": {
         "augmented",
