@@ -151,9 +151,8 @@ def check_claim_classes(known: tuple[str, ...], claims: ClaimsFile, path: str) -
                 )
 
 
-def local_chunks(chunks: list[Chunk], settings: CheckSettings) -> Iterator[dict[str, np.ndarray]]:
+def local_chunks(chunks: list[Chunk], checker: ChunkChecker) -> Iterator[dict[str, np.ndarray]]:
     """The local engine: every chunk checked in this process, in order."""
-    checker = ChunkChecker(settings)
     for chunk in chunks:
         yield checker(chunk)
 
@@ -184,16 +183,16 @@ def check_claims(
         DataError: a claim is malformed (the message names its line), IndexNotFound,
             BadSearchSetting, EngineError.
     """
-    from siamindex.index import Index
-
-    Index.open(settings.index).check_nprobe(settings.nprobe)  # fail before any work
-    chunks = plan_chunks(claims_file)
     if engine == "ray":
         from siamindex import cluster
+        from siamindex.index import Index
 
-        answers = cluster.check_chunks(chunks, settings, address, workers)
+        # Here, once, rather than as a failure in every actor.
+        Index.open(settings.index).check_nprobe(settings.nprobe)
+        answers = cluster.check_chunks(plan_chunks(claims_file), settings, address, workers)
     else:
-        answers = local_chunks(chunks, settings)
+        checker = ChunkChecker(settings)  # opens the index (and checks nprobe) once
+        answers = local_chunks(plan_chunks(claims_file), checker)
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     counts, claims, members = ConfusionCounts(), 0, 0
