@@ -16,9 +16,8 @@ import csv
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -216,11 +215,3 @@ def check_claims(
     finally:
         partial.unlink(missing_ok=True)
     return BulkResult(str(out), claims, members, counts.summary())
-
-
-def chunk_to_json(chunk: Chunk) -> str:
-    return json.dumps(asdict(chunk))
-
-
-def chunk_from_json(text: Any) -> Chunk:
-    return Chunk(**json.loads(str(text)))

@@ -90,30 +90,52 @@ def embed_shards(
     Raises:
         EngineError: Ray is missing, the cluster unreachable, or the pipeline failed.
     """
+    encoder = str(Path(encoder).resolve())
+    passed = {k: v for k, v in os.environ.items() if k == KILL_ENV}
+    settings = {"encoder": encoder, "batch_size": batch_size}
+    yield from _on_pool(tasks, _ShardEmbedder, settings, address, workers, passed)
+
+
+def _on_pool(
+    items: list[Any],
+    actor: type,
+    settings: dict[str, Any],
+    address: str | None,
+    workers: int | None,
+    env: dict[str, str] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``actor(**settings, threads=...)`` over dataclass ``items``, one per call, on a pool
+    of Ray actors (one per CPU unless ``workers``), yielding their answers in item order."""
     ray = start(address)
     from ray.data import ActorPoolStrategy, DataContext
 
     context = DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows are written in id order
+    context.execution_options.preserve_order = True  # answers come back in item order
     context.enable_progress_bars = False
     cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
     workers = workers or max(1, int(cpus))
-    items = [{"task": json.dumps(dataclasses.asdict(task))} for task in tasks]
-    passed = {k: v for k, v in os.environ.items() if k == KILL_ENV}
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _ShardEmbedder,
-        fn_constructor_kwargs={
-            "encoder": str(Path(encoder).resolve()),
-            "batch_size": batch_size,
-            "threads": max(1, int(cpus // workers)),
-        },
+    rows = [{"item": json.dumps(dataclasses.asdict(item))} for item in items]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        actor,
+        fn_constructor_kwargs={**settings, "threads": max(1, int(cpus // workers))},
         batch_size=1,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=workers),
         num_cpus=ACTOR_CPUS,
-        runtime_env={"env_vars": passed} if passed else None,
+        runtime_env={"env_vars": env} if env else None,
     )
-    yield from _streamed(dataset)
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as exc:  # Ray wraps worker failures in its own (many) exception types
+        raise EngineError(
+            f"The Ray engine failed ({_first_line(exc)}); nothing was published or written, the "
+            "old index (if any) is unchanged. Run again; if it persists, try --engine local."
+        ) from None
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One batch of columns from several."""
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 class _ShardEmbedder:
@@ -128,11 +150,11 @@ class _ShardEmbedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> shards.Columns:
         parts = []
-        for text in batch["task"]:
+        for text in batch["item"]:
             task = shards.ShardTask(**json.loads(str(text)))
             _maybe_die(task)
             parts.append(shards.embed_shard(task, self._embed))
-        columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        columns = _joined(parts)
         count = len(columns["ids"])
         columns["worker"] = np.full(count, os.getpid())
         columns["worker_peak_mb"] = np.full(count, peak_memory_mb() or 0.0)
@@ -171,39 +193,8 @@ def check_chunks(
     Raises:
         EngineError: Ray is missing, the cluster unreachable, or the pipeline failed.
     """
-    from siamindex import bulk
-
-    ray = start(address)
-    from ray.data import ActorPoolStrategy, DataContext
-
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    cpus = max(1.0, float(ray.cluster_resources().get("CPU", 1)))
-    workers = workers or max(1, int(cpus))
-    items = [{"chunk": bulk.chunk_to_json(chunk)} for chunk in chunks]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _ChunkChecker,
-        fn_constructor_kwargs={
-            "settings": dataclasses.asdict(settings),
-            "threads": max(1, int(cpus // workers)),
-        },
-        batch_size=1,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=workers),
-        num_cpus=ACTOR_CPUS,
-    )
-    yield from _streamed(dataset)
-
-
-def _streamed(dataset: Any) -> Iterator[dict[str, np.ndarray]]:
-    try:
-        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
-    except Exception as exc:  # Ray wraps worker failures in its own (many) exception types
-        raise EngineError(
-            f"The Ray engine failed ({_first_line(exc)}); nothing was published or written, the "
-            "old index (if any) is unchanged. Run again; if it persists, try --engine local."
-        ) from None
+    kwargs = {"settings": dataclasses.asdict(settings)}
+    yield from _on_pool(chunks, _ChunkChecker, kwargs, address, workers)
 
 
 class _ChunkChecker:
@@ -214,8 +205,7 @@ class _ChunkChecker:
         from siamindex import bulk
 
         self._check = bulk.ChunkChecker(bulk.CheckSettings(**settings))
-        self._chunk = bulk.chunk_from_json
+        self._chunk = bulk.Chunk
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        parts = [self._check(self._chunk(text)) for text in batch["chunk"]]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return _joined([self._check(self._chunk(**json.loads(str(t)))) for t in batch["item"]])
