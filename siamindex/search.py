@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_QUERY_BATCH = 4096
+MAX_RIVAL_NEIGHBOURS = 64  # stored vectors of any class looked at for a nearer class
 
 
 def flat_index(vectors: np.ndarray) -> Any:
@@ -112,7 +113,9 @@ class ClassPartition:
             rows = np.flatnonzero(labels == label)
             self.rows[int(label)] = rows
             self._indexes[int(label)] = _flat(vectors[rows])
+        self.labels = labels
         self._vectors, self._seed = vectors, seed
+        self._all: Any = None  # a flat index of every stored vector, built on first use
         self._ivf: dict[int, Any] = {}
         self._ivf_lock = threading.Lock()
 
@@ -153,21 +156,87 @@ class ClassPartition:
             member (inf when the class has no other member), (n,) int64 its stored row (-1 when
             none), and (n,) float32 distance to the support-th nearest member.
         """
+        classes = np.asarray(classes)
         extra = 0 if exclude_rows is None else 1
         squared, rows = self._search(queries, classes, support + extra, nprobe)
+        sizes = np.array([len(self.rows.get(int(c), ())) for c in classes], dtype=np.int64)
         if exclude_rows is not None:
-            own = rows == np.asarray(exclude_rows)[:, None]
+            excluded = np.asarray(exclude_rows)
+            own = rows == excluded[:, None]
             # Move the excluded row (if found) to the end, as "no neighbour".
             squared = np.where(own, np.inf, squared)
             rows = np.where(own, -1, rows)
             order = np.argsort(squared, axis=1, kind="stable")
             squared = np.take_along_axis(squared, order, axis=1)[:, :support]
             rows = np.take_along_axis(rows, order, axis=1)[:, :support]
+            sizes -= self._is_member(excluded, classes)
         distances = euclidean(squared)
-        finite = np.where(np.isfinite(distances), distances, -np.inf)
-        last = np.max(finite, axis=1)  # farthest of the (up to) support neighbours found
-        kth = np.where(np.isfinite(last), last, np.inf).astype(np.float32)
-        return distances[:, 0].astype(np.float32), rows[:, 0], kth
+        # The support-th member, or a smaller class's farthest; a member the search did not
+        # reach (an IVF search visits some lists only) counts as infinitely far.
+        needed = np.clip(np.minimum(support, sizes), 1, support)
+        kth = np.where(sizes > 0, distances[np.arange(len(needed)), needed - 1], np.inf)
+        return distances[:, 0].astype(np.float32), rows[:, 0], kth.astype(np.float32)
+
+    def _is_member(self, rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """(n,) 1 where stored row rows[i] (-1: none) is a member of classes[i], else 0."""
+        labels = self.labels[np.maximum(rows, 0)]
+        return ((rows >= 0) & (labels == classes)).astype(np.int64)
+
+    def nearer_class(
+        self,
+        queries: np.ndarray,
+        classes: np.ndarray,
+        support_distances: np.ndarray,
+        support: int = 1,
+        nprobe: int | None = None,
+        exclude_rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """For each claim "queries[i] is of classes[i]", another class that has at least
+        ``support`` stored members nearer than ``support_distances[i]`` (the claimed class's
+        support-th member), or -1 when none has: the claimed class is the nearest class.
+
+        It looks among the query's nearest stored vectors of any class (``neighbours``): enough
+        of them that, with ``support`` members needed, some class must reach it (at most
+        ``MAX_RIVAL_NEIGHBOURS``; beyond that a class not seen counts as farther).
+        ``exclude_rows`` (n,) skips one stored row per query (leave-one-out), or -1.
+        """
+        classes = np.asarray(classes)
+        found = np.full(len(classes), -1, dtype=np.int64)
+        todo = np.flatnonzero(np.isfinite(support_distances))
+        total = len(self.labels)
+        if not todo.size or total < 2:
+            return found
+        k = min(total, len(self.rows) * (support - 1) + 1, MAX_RIVAL_NEIGHBOURS)
+        k = min(total, k + (exclude_rows is not None))
+        class_count = int(self.labels.max()) + 1
+        for start in range(0, todo.size, DEFAULT_QUERY_BATCH):
+            part = todo[start : start + DEFAULT_QUERY_BATCH]
+            squared, rows = self.neighbours(queries[part], k, nprobe)
+            labels = self.labels[np.maximum(rows, 0)]
+            nearer = (
+                (rows >= 0)
+                & (labels != classes[part, None])
+                & (euclidean(squared) < support_distances[part, None])
+            )
+            if exclude_rows is not None:
+                nearer &= rows != np.asarray(exclude_rows)[part, None]
+            counts = np.zeros((len(part), class_count), dtype=np.int64)
+            which, column = np.nonzero(nearer)
+            np.add.at(counts, (which, labels[which, column]), 1)
+            best = np.argmax(counts, axis=1)
+            found[part] = np.where(counts[np.arange(len(part)), best] >= support, best, -1)
+        return found
+
+    def neighbours(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) squared distances and stored rows (-1: none) of each query's k nearest stored
+        vectors of any class, by exact search."""
+        with self._ivf_lock:
+            if self._all is None:
+                self._all = _flat(self._vectors)
+        squared, rows = self._all.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return np.where(rows >= 0, squared, np.inf), rows
 
     def search(
         self, queries: np.ndarray, classes: np.ndarray, k: int, nprobe: int | None = None
@@ -244,6 +313,7 @@ class SelectorPartition(ClassPartition):
         self._row_of = np.searchsorted(np.asarray(ids), faiss.vector_to_array(index.id_map))
         self.default_nprobe = default_nprobe
         self.rows = {}
+        self.labels = labels
         self._bitmaps: dict[int, np.ndarray] = {}  # the selectors point into these: keep them
         self._selectors: dict[int, Any] = {}
         entry_labels = labels[self._row_of]
@@ -258,6 +328,17 @@ class SelectorPartition(ClassPartition):
 
     def lists(self, label: int) -> int:
         return int(self._inner.nlist)
+
+    def neighbours(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``ClassPartition.neighbours`` in the IVF index itself, visiting ``nprobe`` lists (the
+        call's, else ``default_nprobe``)."""
+        params = ivf_parameters(int(nprobe or self.default_nprobe))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        squared, entries = self._inner.search(queries, k, params=params)
+        rows = np.where(entries >= 0, self._row_of[np.maximum(entries, 0)], -1)
+        return np.where(entries >= 0, squared, np.inf), rows
 
     def _search_class(
         self, label: int, queries: np.ndarray, width: int, nprobe: int | None

@@ -147,3 +147,69 @@ def test_selector_partition_visits_only_the_lists_asked_for():
     assert selector.nearest(query, claimed)[1][0] == -1
     assert np.isinf(selector.nearest(query, claimed)[0][0])
     assert labels[selector.nearest(query, claimed, nprobe=2)[1][0]] == 1
+
+
+def test_selector_partition_support_is_infinite_when_the_lists_visited_hold_too_few_members():
+    # Class 1 has 500 members, but only 2 of them lie in class 0's cluster: a search of that
+    # one list finds 2, and the 3rd member is not "the farthest found" (that fallback is for
+    # classes with fewer members than the support) but out of reach.
+    rng = np.random.default_rng(5)
+    labels = np.repeat([0, 1], 500)
+    stored = rng.normal(size=(1000, 8)).astype(np.float32)
+    stored[labels == 1] += 100
+    stored[[500, 501]] = stored[[0, 1]] + 0.001  # two class-1 members among the class-0s
+    index, ids = _ivf_with_gaps(stored, lists=2)
+    selector = SelectorPartition(index, ids, labels, default_nprobe=1)
+    query, claimed = stored[:1] + 0.01, np.array([1])
+    nearest, rows, kth = selector.nearest(query, claimed, support=3)
+    assert rows[0] in (500, 501) and np.isfinite(nearest[0])
+    assert np.isinf(kth[0])
+    assert np.isfinite(selector.nearest(query, claimed, support=2)[2][0])
+
+
+def _nearer_class_by_numpy(stored, labels, queries, claimed, kth, support, exclude=None):
+    """The reference: classes whose support-th member (leaving a row out) is nearer."""
+    out = []
+    for i, query in enumerate(queries):
+        d = np.linalg.norm(stored - query, axis=1)
+        if exclude is not None:
+            d[exclude[i]] = np.inf
+        nearer = [
+            c
+            for c in np.unique(labels)
+            if c != claimed[i] and np.sum((labels == c) & (d < kth[i])) >= support
+        ]
+        out.append(nearer)
+    return out
+
+
+def test_nearer_class_names_a_class_with_support_members_nearer_than_the_claimed_one(vectors):
+    stored, queries = vectors
+    labels = np.arange(len(stored)) % 4
+    claimed = np.arange(len(queries)) % 4
+    partition = ClassPartition(stored, labels)
+    for support in (1, 3):
+        _, _, kth = partition.nearest(queries, claimed, support=support)
+        found = partition.nearer_class(queries, claimed, kth, support=support)
+        want = _nearer_class_by_numpy(stored, labels, queries, claimed, kth, support)
+        assert [f in w if w else f == -1 for f, w in zip(found, want, strict=True)] == [True] * 50
+        assert 0 < np.sum(found >= 0) < len(queries)  # both answers occur
+    own = np.arange(0, 200, 5)
+    _, _, kth = partition.nearest(stored[own], labels[own], exclude_rows=own, support=2)
+    found = partition.nearer_class(stored[own], labels[own], kth, support=2, exclude_rows=own)
+    want = _nearer_class_by_numpy(stored, labels, stored[own], labels[own], kth, 2, own)
+    assert [f in w if w else f == -1 for f, w in zip(found, want, strict=True)] == [True] * 40
+
+
+def test_selector_partition_finds_the_nearer_class_in_the_ivf_index():
+    rng = np.random.default_rng(3)
+    stored = rng.normal(size=(3000, 12)).astype(np.float32)
+    labels = rng.integers(0, 4, len(stored))
+    queries = rng.normal(size=(200, 12)).astype(np.float32)
+    claimed = rng.integers(0, 4, len(queries))
+    index, ids = _ivf_with_gaps(stored)
+    exact = ClassPartition(stored, labels)
+    selector = SelectorPartition(index, ids, labels, default_nprobe=16)  # 16 = every list
+    _, _, kth = exact.nearest(queries, claimed, support=3)
+    want = exact.nearer_class(queries, claimed, kth, support=3)
+    assert np.array_equal(selector.nearer_class(queries, claimed, kth, support=3), want)
