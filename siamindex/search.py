@@ -179,8 +179,8 @@ class ClassPartition:
 
     def _is_member(self, rows: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """(n,) 1 where stored row rows[i] (-1: none) is a member of classes[i], else 0."""
-        labels = self.labels[np.maximum(rows, 0)]
-        return ((rows >= 0) & (labels == classes)).astype(np.int64)
+        labels: np.ndarray = self.labels[np.maximum(rows, 0)]
+        return np.asarray((rows >= 0) & (labels == classes), dtype=np.int64)
 
     def nearer_class(
         self,
