@@ -27,7 +27,9 @@ from siamindex.defaults import (
     DEFAULT_INDEX,
     DEFAULT_MIN_RECALL,
     DEFAULT_OPEN_SET,
+    DEFAULT_RULE,
     DEFAULT_SUPPORT,
+    RULES,
 )
 from siamindex.embedding import Embedder, embed_in_chunks, load_embedder
 from siamindex.errors import DataError, IndexExists
@@ -58,6 +60,8 @@ class BuildSettings:
         seed: drives sampling for FAISS training and calibration.
         support: a membership claim holds when this many stored members of the class lie
             within the threshold (1: the nearest member alone decides).
+        rule: "nearest-class" (and no other class has as many members nearer) or "distance";
+            see ``defaults.DEFAULT_RULE``.
         progress: show progress bars.
         open_set: how many generated non-digits (``siamindex.exposure``, seeded apart from
             training's) join the calibration as false claims; None: 2,000 for the bundled
@@ -81,6 +85,7 @@ class BuildSettings:
     resize: bool = False
     seed: int = 0
     support: int = DEFAULT_SUPPORT
+    rule: str = DEFAULT_RULE
     progress: bool = True
     open_set: int | None = None
     min_recall: float | None = DEFAULT_MIN_RECALL
@@ -149,7 +154,7 @@ def check_settings(settings: BuildSettings) -> Path:
     Raises:
         IndexExists: the index exists and ``force`` is not set.
         BadIndexType: FAISS does not understand the index type.
-        DataError: support is below 1.
+        DataError: support is below 1, or the rule is unknown.
     """
     path = bundle.index_path(settings.index)
     if (path.exists() or path.is_symlink()) and not settings.force:
@@ -157,6 +162,8 @@ def check_settings(settings: BuildSettings) -> Path:
     new_faiss_index(8, settings.index_type)
     if settings.support < 1:
         raise DataError(f"support must be at least 1, got {settings.support}.")
+    if settings.rule not in RULES:
+        raise DataError(f"rule must be one of {', '.join(RULES)}, got '{settings.rule}'.")
     return path
 
 
@@ -239,6 +246,7 @@ def calibrate_build(
         support=settings.support,
         unlike=unlike,
         min_recall=settings.min_recall or None,  # 0 means no floor, as None does
+        rule=settings.rule,
     )
     pair_threshold, pair_accuracy = calibrate_pairs(vectors, labels, rng)
     class_thresholds = np.full(class_count, np.nan)
@@ -264,6 +272,7 @@ def build_facts(
         threshold_method=calibration.method,
         threshold_f1=calibration.f1,
         support=settings.support,
+        rule=settings.rule,
         pair_threshold=calibrated.pair_threshold,
         pair_threshold_accuracy=calibrated.pair_accuracy,
         target_precision=settings.target_precision,

@@ -27,9 +27,12 @@ from siamindex.defaults import (
     DEFAULT_INDEX,
     DEFAULT_MIN_RECALL,
     DEFAULT_OPEN_SET,
+    DEFAULT_RULE,
     DEFAULT_SUPPORT,
     INDEX_ENV,
+    NEAREST_CLASS_RULE,
     PREPARE_MODES,
+    RULES,
     SAMPLERS,
 )
 from siamindex.errors import BadIndexType, BadSearchSetting, OldSpelling, SiamIndexError
@@ -504,6 +507,15 @@ def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str)
     "threshold (1: the nearest member alone decides).",
 )
 @click.option(
+    "--rule",
+    type=click.Choice(RULES),
+    default=DEFAULT_RULE,
+    show_default=True,
+    help="nearest-class: a claim also needs no other class with as many members nearer than "
+    "the claimed one (a dense neighbouring class cannot say yes); distance: the threshold alone "
+    "decides.",
+)
+@click.option(
     "--min-recall",
     type=click.FloatRange(0, 1),
     default=DEFAULT_MIN_RECALL,
@@ -620,7 +632,12 @@ def _print_info(facts: dict[str, Any], output_format: str) -> None:
         f"vectors      {facts['embedding_dim']}-d, {facts['distance']} distance, "
         f"index type {facts['index_type']}",
         f"threshold    {_number(facts['threshold'])} ({facts['threshold_method']}); a claim needs "
-        f"{facts['support']} member(s) within it",
+        f"{facts['support']} member(s) within it"
+        + (
+            ", and no other class with as many nearer"
+            if facts.get("rule") == NEAREST_CLASS_RULE
+            else ""
+        ),
         *_acceptance_lines(facts),
         f"pairs        'same' when distance < {_number(facts['pair_threshold'])} (compare)",
         f"encoder      sha256 {facts['encoder_sha256']}",

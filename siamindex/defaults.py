@@ -38,6 +38,15 @@ ARTICLE_THRESHOLD = 0.5  # the article's fixed pair threshold
 # class "members": with 1, a single train "3" inside the 5s accepted 85% of "is a 3" claims
 # about 5s.
 DEFAULT_SUPPORT = 3
+# The membership rule: "distance" accepts a claim when the support-th nearest member of the
+# class lies within the threshold; "nearest-class" also asks that no other class has as many
+# members nearer (the claimed class is the one a support-nearest-neighbour vote would give), so
+# that a dense neighbouring class (a 4 among the 9s of a million distorted digits) cannot
+# answer "yes" for its neighbour. Bundles record theirs; older ones answer by distance.
+DISTANCE_RULE = "distance"
+NEAREST_CLASS_RULE = "nearest-class"
+RULES = (NEAREST_CLASS_RULE, DISTANCE_RULE)
+DEFAULT_RULE = NEAREST_CLASS_RULE
 # Class-restricted search in IVF indexes of at least this many rows runs inside the index with a
 # per-class id selector (no per-class copy of the vectors), visiting this many lists by default.
 SELECTOR_FROM = 200_000

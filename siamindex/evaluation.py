@@ -15,7 +15,14 @@ import numpy as np
 
 from siamindex import metrics
 from siamindex.data import load_dataset
-from siamindex.defaults import ARTICLE_THRESHOLD, DEFAULT_SUPPORT, LATE_CLASS_MIN_MEMBERS
+from siamindex.defaults import (
+    ARTICLE_THRESHOLD,
+    DEFAULT_SUPPORT,
+    DISTANCE_RULE,
+    LATE_CLASS_MIN_MEMBERS,
+    NEAREST_CLASS_RULE,
+    RULES,
+)
 from siamindex.pairs import ARTICLE_EVAL_SAME_FRACTION, make_pairs
 from siamindex.search import ClassPartition, exact_search, flat_index
 
@@ -110,6 +117,7 @@ def calibrate(
     support: int = DEFAULT_SUPPORT,
     unlike: np.ndarray | None = None,
     min_recall: float | None = None,
+    rule: str = DISTANCE_RULE,
 ) -> Calibration:
     """Calibrate the membership threshold by leave-one-out over the stored set.
 
@@ -122,40 +130,63 @@ def calibrate(
         unlike: vectors of images that belong to no class (non-digits); each is claimed as a
             random class, a false claim, so the threshold weighs rejecting them too.
         min_recall: never accept fewer than this share of the true claims: where the rule
-            above would, the threshold is raised to the smallest that does.
+            above would, the threshold is raised to the smallest that does. Under the
+            "nearest-class" rule the share is of the true claims that no other class is nearer
+            to (no threshold accepts the others).
+        rule: "distance" (a claim holds when its support distance is within the threshold) or
+            "nearest-class" (and no other class has ``support`` members nearer): the rule the
+            index answers by, so that the threshold is fitted to it.
 
     Returns:
         The global and per-class thresholds, with how they were found.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}; got {rule!r}")
     partition = partition or ClassPartition(stored, labels)
     rows = np.sort(rng.choice(len(labels), size=min(sample, len(labels)), replace=False))
     claims = true_and_false_claims(np.asarray(labels)[rows], rng)
     claims = Claims(rows[claims.rows], claims.classes, claims.is_member)
-    _, _, distances = partition.nearest(
-        stored[claims.rows], claims.classes, exclude_rows=claims.rows, support=support
-    )
+    queries = stored[claims.rows]
+
+    def judged(queries: np.ndarray, classes: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+        """Support distances, infinite where the rule rejects the claim whatever the threshold."""
+        _, _, found = partition.nearest(queries, classes, exclude_rows=exclude, support=support)
+        if rule == NEAREST_CLASS_RULE:
+            nearer = partition.nearer_class(queries, classes, found, support, exclude_rows=exclude)
+            found = np.where(nearer >= 0, np.inf, found)
+        return found
+
+    distances = judged(queries, claims.classes, claims.rows)
     classes, truth = claims.classes, claims.is_member
     is_unlike = np.zeros(len(truth), bool)
     if unlike is not None and len(unlike):
         known = np.unique(labels)
         claimed = known[rng.integers(0, len(known), len(unlike))]
-        _, _, unlike_distances = partition.nearest(unlike, claimed, support=support)
-        distances = np.concatenate([distances, unlike_distances])
+        distances = np.concatenate([distances, judged(unlike, claimed, None)])
         classes = np.concatenate([classes, claimed])
         truth = np.concatenate([truth, np.zeros(len(unlike), bool)])
         is_unlike = np.concatenate([is_unlike, np.ones(len(unlike), bool)])
-    usable = np.isfinite(distances)
-    distances, classes, truth = distances[usable], classes[usable], truth[usable]
-    is_unlike = is_unlike[usable]
+    # A claim no threshold accepts stays in as "rejected" (a true one is a miss), at a distance
+    # beyond every finite one; thresholds never go past the farthest finite distance.
+    reachable = np.isfinite(distances)
+    if not reachable.any():
+        raise ValueError("no calibration claim has a finite distance; store more images")
+    farthest = float(distances[reachable].max())
+    distances = np.where(reachable, distances, 2 * farthest + 1)
 
     def pick(d: np.ndarray, t: np.ndarray, floor: float | None) -> float:
-        """The precision target's threshold where it is reachable, else max F1 (then the floor)."""
+        """The precision target's threshold where it is reachable, else max F1 (then the floor),
+        at most the farthest finite distance of these claims."""
+        within = d <= farthest  # the claims some threshold can accept
+        limit = float(d[within].max()) if within.any() else farthest
         if target_precision is not None:
             found = metrics.precision_at_target(d, t, target_precision)
             if found is not None:
-                return found
+                return min(found, limit)
         found = metrics.max_f1_threshold(d, t)[0]
-        return found if floor is None else max(found, smallest_for_recall(d, t, floor))
+        if floor is not None and (t & within).any():
+            found = max(found, smallest_for_recall(d[within], t[within], floor))
+        return min(found, limit)
 
     smallest_for_recall = metrics.smallest_threshold_for_recall
     reached = target_precision is not None and (
@@ -169,7 +200,7 @@ def calibrate(
         for c in np.unique(classes)
         if truth[classes == c].any() and (~truth[classes == c]).any()
     }
-    rule = f"largest threshold with precision >= {target_precision}" if reached else "max F1"
+    how = f"largest threshold with precision >= {target_precision}" if reached else "max F1"
     if target_precision is not None and not reached:
         best = metrics.classification_summary(distances <= threshold, truth)["precision"]
         logger.warning(
@@ -179,18 +210,21 @@ def calibrate(
             len(distances),
             best,
         )
-        rule += f" (precision >= {target_precision} not reachable)"
+        how += f" (precision >= {target_precision} not reachable)"
     if unlike is not None and len(unlike):
-        rule += f", {len(unlike)} non-digits claimed as a random class among the false claims"
+        how += f", {len(unlike)} non-digits claimed as a random class among the false claims"
     if floor is not None:
-        rule += f", accepting at least {floor} of true claims"
+        how += f", accepting at least {floor} of true claims"
+    nearer = ""
+    if rule == NEAREST_CLASS_RULE:
+        nearer = f", and no other class with {support} members nearer"
     accepted = distances <= threshold  # the rule check applies unless asked for per-class
     return Calibration(
         threshold=threshold,
         f1=float(metrics.classification_summary(distances <= threshold, truth)["f1"]),
         per_class=per_class,
         method=f"leave-one-out over {len(rows)} stored rows, true and wrong class each; "
-        f"distance to the {_ordinal(support)} nearest member; {rule}",
+        f"distance to the {_ordinal(support)} nearest member{nearer}; {how}",
         claims=int(len(distances)),
         probability=fit_probability(distances, truth),
         true_accepted=float(np.mean(accepted[truth])),

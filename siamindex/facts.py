@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from siamindex.defaults import ARTICLE_THRESHOLD
+from siamindex.defaults import ARTICLE_THRESHOLD, DISTANCE_RULE
 
 DISTANCE = "euclidean"  # the only distance: FAISS's squared L2 is converted everywhere
 # Older bundles recorded the distance three times under these keys (with "l2" for euclidean).
@@ -30,6 +30,9 @@ class IndexFacts:
         distance: always "euclidean".
         threshold_method: how the threshold was calibrated, in words.
         threshold_f1: F1 of the calibration claims at the threshold.
+        rule: "nearest-class" (a claim also needs no other class with ``support`` members
+            nearer) or "distance" (the threshold alone decides: bundles built before the rule
+            was recorded).
         support: how many stored members of a class must lie within the threshold for a claim
             to hold (1 for bundles built before this was recorded).
         pair_threshold: "same" when a pair's distance is below it (compare); the article's 0.5
@@ -59,6 +62,7 @@ class IndexFacts:
     threshold_method: str | None = None
     threshold_f1: float | None = None
     support: int = 1
+    rule: str = DISTANCE_RULE
     pair_threshold: float = ARTICLE_THRESHOLD
     pair_threshold_accuracy: float | None = None
     target_precision: float | None = None

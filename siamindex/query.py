@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from siamindex import metrics
+from siamindex.defaults import NEAREST_CLASS_RULE
 from siamindex.search import ClassPartition
 from siamindex.store import IndexStore
 
@@ -75,7 +76,9 @@ class MembershipResult:
 
     ``distance`` and ``nearest_id`` are of the nearest stored member of the class;
     ``support_distance`` is the distance to its ``support``-th nearest member, and the claim holds
-    (``is_member``) when that is within ``threshold``: at least ``support`` members are that near.
+    (``is_member``) when that is within ``threshold``: at least ``support`` members are that near,
+    and, under the index's "nearest-class" rule, no other class has as many members nearer
+    (``nearer_class`` names one that has; the claim is then rejected).
     ``probability`` is the calibrated probability that the claim is true, fitted at build time
     on claims about stored images (None for indexes built before it).
     """
@@ -91,6 +94,7 @@ class MembershipResult:
     support: int
     true_class: str | None = None
     probability: float | None = None
+    nearer_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def nearest(
     rows = np.where(found, store.rows_of(np.where(found, ids, store.rows.ids[0])), -1)
     threshold = store.facts.threshold
     first = np.where(found[:, 0], store.rows.labels[np.maximum(rows[:, 0], 0)], 0)
-    _, _, support_distances = partition.nearest(vectors, first, support=store.facts.support)
+    first, support_distances = _nearest_class(store, partition, vectors, first)
     chances = _probabilities(store, support_distances)
     results = []
     for q, name in enumerate(names):
@@ -184,7 +188,7 @@ def nearest(
         results.append(
             QueryResult(
                 query=name,
-                predicted=matches[0].class_name if close else None,
+                predicted=store.class_names[first[q]] if close else None,
                 distance=matches[0].distance if matches else float("inf"),
                 threshold=threshold,
                 matches=matches,
@@ -192,6 +196,31 @@ def nearest(
             )
         )
     return results
+
+
+def _nearest_class(
+    store: IndexStore,
+    partition: ClassPartition,
+    vectors: np.ndarray,
+    first: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The class a query is answered with, from the nearest match's (``first``), and its
+    support distance (infinite when the rule rejects it). Under the "nearest-class" rule a class
+    with ``support`` members nearer than the nearest match's class takes its place (a stray
+    3 among the 5s makes the nearest match a 3, but the query is as near as that to the 5s)."""
+    support = store.facts.support
+    _, _, found = partition.nearest(vectors, first, support=support)
+    if store.facts.rule != NEAREST_CLASS_RULE:
+        return first, found
+    nearer = partition.nearer_class(vectors, first, found, support)
+    moved = np.flatnonzero(nearer >= 0)
+    if moved.size:
+        first, found = first.copy(), found.copy()
+        first[moved] = nearer[moved]
+        _, _, found[moved] = partition.nearest(vectors[moved], first[moved], support=support)
+        again = partition.nearer_class(vectors[moved], first[moved], found[moved], support)
+        found[moved[again >= 0]] = np.inf
+    return first, found
 
 
 def check_membership(
@@ -223,6 +252,9 @@ def check_membership(
     distances, rows, support_distances = partition.nearest(
         vectors, classes, support=support, nprobe=nprobe
     )
+    nearer = np.full(len(classes), -1, dtype=np.int64)
+    if store.facts.rule == NEAREST_CLASS_RULE:
+        nearer = partition.nearer_class(vectors, classes, support_distances, support, nprobe)
     thresholds = np.full(len(classes), store.facts.threshold)
     kinds = np.full(len(classes), "global", dtype=object)
     # A class added after the build is judged by its own threshold (the global one was never
@@ -234,12 +266,12 @@ def check_membership(
     kinds[judged] = "per-class"
     ids = np.where(rows >= 0, store.rows.ids[np.maximum(rows, 0)], -1)
     names_of = store.class_names
-    chances = _probabilities(store, support_distances)
+    chances = _probabilities(store, np.where(nearer >= 0, np.inf, support_distances))
     return [
         MembershipResult(
             query=names[i],
             class_name=names_of[classes[i]],
-            is_member=bool(support_distances[i] <= thresholds[i]),
+            is_member=bool(support_distances[i] <= thresholds[i] and nearer[i] < 0),
             distance=float(distances[i]),
             threshold=float(thresholds[i]),
             threshold_kind=str(kinds[i]),
@@ -250,6 +282,7 @@ def check_membership(
             if true_labels is None or true_labels[i] < 0
             else names_of[true_labels[i]],
             probability=None if chances is None else float(chances[i]),
+            nearer_class=names_of[nearer[i]] if nearer[i] >= 0 else None,
         )
         for i in range(len(classes))
     ]
@@ -266,6 +299,7 @@ CHECK_CSV_HEADER = [
     "nearest_id",
     "true_class",
     "probability",
+    "nearer_class",
 ]
 
 
@@ -283,6 +317,7 @@ def check_row(result: MembershipResult) -> list[str]:
         str(r.nearest_id),
         r.true_class or "",
         "" if r.probability is None else f"{r.probability:.4f}",
+        r.nearer_class or "",
     ]
 
 

@@ -193,7 +193,8 @@ class ClassPartition:
     ) -> np.ndarray:
         """For each claim "queries[i] is of classes[i]", another class that has at least
         ``support`` stored members nearer than ``support_distances[i]`` (the claimed class's
-        support-th member), or -1 when none has: the claimed class is the nearest class.
+        support-th member), or -1 when none has: the claimed class is the nearest class. Of
+        several, the one whose support-th member is nearest.
 
         It looks among the query's nearest stored vectors of any class (``neighbours``): enough
         of them that, with ``support`` members needed, some class must reach it (at most
@@ -220,11 +221,18 @@ class ClassPartition:
             )
             if exclude_rows is not None:
                 nearer &= rows != np.asarray(exclude_rows)[part, None]
+            # Walk the neighbours nearest first: the first class to reach ``support`` members
+            # is the one whose support-th member is nearest.
             counts = np.zeros((len(part), class_count), dtype=np.int64)
-            which, column = np.nonzero(nearer)
-            np.add.at(counts, (which, labels[which, column]), 1)
-            best = np.argmax(counts, axis=1)
-            found[part] = np.where(counts[np.arange(len(part)), best] >= support, best, -1)
+            first = np.full(len(part), -1, dtype=np.int64)
+            at = np.arange(len(part))
+            for column in range(k):
+                hit = nearer[:, column]
+                label = labels[:, column]
+                counts[at[hit], label[hit]] += 1
+                reached = hit & (first < 0) & (counts[at, label] >= support)
+                first[reached] = label[reached]
+            found[part] = first
         return found
 
     def neighbours(

@@ -63,6 +63,7 @@ FACTS = {
     "threshold_method": str,
     "threshold_f1": float,
     "support": int,
+    "rule": str,
     "pair_threshold": float,
     "pair_threshold_accuracy": float,
     "target_precision": OPTIONAL_FLOAT,
@@ -131,6 +132,7 @@ CHECK_RESULT = {
     "support": int,
     "true_class": (str, type(None)),
     "probability": OPTIONAL_FLOAT,
+    "nearer_class": (str, type(None)),
 }
 CHECK = {
     "results": [CHECK_RESULT],
@@ -147,6 +149,7 @@ CHECK_CSV = [
     "nearest_id",
     "true_class",
     "probability",
+    "nearer_class",
 ]
 COMPARE = {"first": str, "second": str, "distance": float, "threshold": float, "same": bool}
 ADD = {

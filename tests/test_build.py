@@ -130,11 +130,15 @@ def test_the_search_layer_does_not_import_training():
 def test_open_set_calibration_is_recorded_and_off_for_other_datasets(
     tmp_path, small_idx_dir, fake_encoder
 ):
-    plain, _ = build_index(_settings(tmp_path, small_idx_dir), embed=fake_encoder)
+    # The distance rule: the floor counts every true claim (under nearest-class, only those
+    # no other class is nearer to; tested in test_evaluation).
+    plain, _ = build_index(_settings(tmp_path, small_idx_dir, rule="distance"), embed=fake_encoder)
     assert plain.facts.open_set_rejected is None  # --data: its classes may be letters
     assert plain.facts.min_recall == 0.99 and plain.facts.true_claims_accepted >= 0.99
+    assert plain.facts.rule == "distance"
     no_floor, _ = build_index(
-        _settings(tmp_path, small_idx_dir, min_recall=0, force=True), embed=fake_encoder
+        _settings(tmp_path, small_idx_dir, min_recall=0, force=True, rule="distance"),
+        embed=fake_encoder,
     )
     assert (
         no_floor.facts.min_recall is None and "true claims" not in no_floor.facts.threshold_method

@@ -498,16 +498,49 @@ def test_claims_with_unknown_class_names_the_line(index, tmp_path):
 
 
 def test_build_index_calibrates_on_non_digits_when_asked(tmp_path):
-    result = _build(CliRunner(), tmp_path / "o", "--open-set", "200", "--min-recall", "0.9")
+    # The distance rule, whose recall floor counts every true claim (this fake encoder puts
+    # many digits nearer to another class, which the nearest-class rule rejects).
+    result = _build(
+        CliRunner(),
+        tmp_path / "o",
+        "--open-set",
+        "200",
+        "--min-recall",
+        "0.9",
+        "--rule",
+        "distance",
+    )
     assert result.exit_code == 0, result.output
     info = CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "o")])
     assert "of calibration true claims; rejects" in info.output
+    assert "no other class" not in info.output
     facts = json.loads(
         CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "o"), "--format", "json"]).output
     )
     assert facts["min_recall"] == 0.9 and facts["true_claims_accepted"] >= 0.9
-    assert "200 non-digits" in facts["threshold_method"]
+    assert "200 non-digits" in facts["threshold_method"] and facts["rule"] == "distance"
     assert f"rejects {facts['open_set_rejected']:.4f}" in info.output
+
+
+def test_build_index_answers_by_the_nearest_class_rule_by_default(tmp_path):
+    result = _build(CliRunner(), tmp_path / "n")
+    assert result.exit_code == 0, result.output
+    info = CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "n"), "--format", "json"])
+    assert json.loads(info.output)["rule"] == "nearest-class"
+    info = CliRunner().invoke(cli, ["info", "--index", str(tmp_path / "n")])
+    assert "and no other class with as many nearer" in info.output
+    # Claims that another class is nearer to are rejected, and say which class.
+    claims = tmp_path / "claims.csv"
+    claims.write_text(
+        "image,class\n" + "".join(f"mnist:test:{i},{c}\n" for i in range(40) for c in "0123456789")
+    )
+    out = CliRunner().invoke(
+        cli, ["check", "--claims", str(claims), "--index", str(tmp_path / "n"), "--format", "json"]
+    )
+    results = json.loads(out.output)["results"]
+    nearer = [r for r in results if r["nearer_class"] is not None]
+    assert nearer and all(not r["is_member"] and r["nearer_class"] != r["class"] for r in nearer)
+    assert any(r["is_member"] for r in results)
 
 
 def test_serve_refuses_bad_settings_before_starting(tmp_path, monkeypatch):

@@ -70,12 +70,15 @@ def test_support_decides_by_the_nth_nearest_member(tmp_path, small_idx_dir, mnis
         assert result["support"] == support
         assert result["support_distance"] == pytest.approx(distances[support - 1], abs=1e-5)
         assert result["distance"] == pytest.approx(distances[0], abs=1e-5)
-        assert result["is_member"] == (distances[support - 1] <= result["threshold"])
+        within = distances[support - 1] <= result["threshold"]
+        assert result["is_member"] == (within and result["nearer_class"] is None)
 
 
 def test_a_new_class_uses_the_global_threshold_under_per_class(tmp_path, small_idx_dir):
     path = tmp_path / "idx"
-    index = _build(path, small_idx_dir, splits="test")
+    # The distance rule: this tiny encoder's per-class thresholds then all differ from the global
+    # one (under nearest-class, class 7's happens to equal it).
+    index = _build(path, small_idx_dir, "--rule", "distance", splits="test")
     added = json.loads(
         _run(
             "add",
@@ -98,11 +101,13 @@ def test_a_new_class_uses_the_global_threshold_under_per_class(tmp_path, small_i
     for result in late:  # no threshold of its own: the global one, recorded as such
         assert result["threshold_kind"] == "global"
         assert result["threshold"] == pytest.approx(index.facts.threshold)
-        assert result["is_member"] == (result["support_distance"] <= result["threshold"])
+        within = result["support_distance"] <= result["threshold"]
+        assert result["is_member"] == (within and result["nearer_class"] is None)
     for result in seven:
         assert result["threshold_kind"] == "per-class"
         assert result["threshold"] == pytest.approx(info["class_thresholds"]["7"])
-        assert result["is_member"] == (result["support_distance"] <= result["threshold"])
+        within = result["support_distance"] <= result["threshold"]
+        assert result["is_member"] == (within and result["nearer_class"] is None)
     assert info["class_thresholds"]["7"] != pytest.approx(index.facts.threshold)
 
 

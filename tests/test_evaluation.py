@@ -148,3 +148,34 @@ def test_target_precision_not_reached_warns_and_records_max_f1(caplog):
     (record,) = caplog.records
     assert "Precision 1.0 is not reached" in record.getMessage()
     assert "\n" not in record.getMessage()
+
+
+def _tight_inside_wide(seed=0):
+    """Class 0 tight around the origin, class 1 a wide cloud around it too, class 2 far off:
+    the 1s nearest any 0 are as near as 1s are to each other."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1, 2], 200)
+    vectors = rng.normal(size=(600, 8)) * np.array([0.3, 1.5, 0.3])[labels, None]
+    vectors[labels == 2] += 20
+    return vectors.astype(np.float32), labels
+
+
+def test_the_nearest_class_rule_rejects_claims_that_another_class_is_nearer_to():
+    from siamindex.search import ClassPartition
+
+    vectors, labels = _tight_inside_wide()
+    by_distance = calibrate(vectors, labels, np.random.default_rng(1), sample=600)
+    nearest = calibrate(vectors, labels, np.random.default_rng(1), sample=600, rule="nearest-class")
+    # By distance, "this 0 is a 1" has to be accepted to accept the 1s themselves.
+    assert by_distance.f1 < 0.9 and nearest.f1 > by_distance.f1 + 0.05
+    assert "no other class with 3 members nearer" in nearest.method
+    # The recall floor counts the true claims no other class is nearer to: of those, at least
+    # 99% are accepted.
+    partition = ClassPartition(vectors, labels)
+    rows = np.arange(600)
+    _, _, kth = partition.nearest(vectors, labels, exclude_rows=rows, support=3)
+    nearer = partition.nearer_class(vectors, labels, kth, support=3, exclude_rows=rows)
+    winners = nearer < 0
+    assert 0.5 < winners.mean() < 1.0
+    assert np.mean(kth[winners] <= nearest.threshold) >= 0.99
+    assert nearest.true_accepted <= winners.mean() + 0.01

@@ -39,9 +39,13 @@ def test_query_equals_brute_force(fake_index, queries):
         assert [m.rank for m in result.matches] == [1, 2, 3, 4]
         nearest = fake_index.store.class_names[rows.labels[order[q, 0]]]
         assert result.matches[0].class_name == nearest
-        # Predicted only when its 3rd nearest member of that class is within the threshold.
-        same_class = np.sort(distances[q, rows.labels == rows.labels[order[q, 0]]])
-        expected = nearest if same_class[2] <= fake_index.facts.threshold else None
+        # The nearest-class rule: predicted is the class whose 3rd nearest member is nearest,
+        # when that lies within the threshold.
+        assert fake_index.facts.rule == "nearest-class"
+        third = [np.sort(distances[q, rows.labels == c])[2] for c in np.unique(rows.labels)]
+        best = int(np.argmin(third))
+        expected = fake_index.store.class_names[best]
+        expected = expected if third[best] <= fake_index.facts.threshold else None
         assert result.predicted == expected
 
 
@@ -68,7 +72,15 @@ def test_check_equals_brute_force(fake_index, queries):
         third = np.sort(d)[2]  # the index's support is 3: three members must be that near
         assert result.support == 3
         assert result.support_distance == pytest.approx(third, abs=1e-4)
-        assert result.is_member == (third <= fake_index.facts.threshold)
+        # The nearest-class rule: also, no other class's 3rd nearest member is nearer.
+        others = [
+            np.sort(np.linalg.norm(rows.embeddings[rows.labels == c] - vectors[i], axis=1))[2]
+            for c in np.unique(rows.labels)
+            if c != int(classes[i])
+        ]
+        beaten = min(others) < third
+        assert (result.nearer_class is not None) == beaten
+        assert result.is_member == (third <= fake_index.facts.threshold and not beaten)
         assert result.threshold_kind == "global"
         assert (result.class_name, result.true_class) == (classes[i], str(labels[i]))
 
@@ -245,8 +257,9 @@ def test_probabilities_are_calibrated_on_claims_the_index_never_saw(fake_index, 
     chance = np.array([r.probability for r in results])
     truth = np.concatenate([np.ones(len(labels), bool), np.zeros(len(labels), bool)])
     assert np.all((chance >= 0) & (chance <= 1))
-    support = np.array([r.support_distance for r in results])
-    order = np.argsort(support)
+    # A claim that another class is nearer to counts as beyond every distance.
+    support = np.array([np.inf if r.nearer_class else r.support_distance for r in results])
+    order = np.argsort(support, kind="stable")
     assert np.all(np.diff(chance[order]) <= 1e-12)  # farther never more likely
     # Calibrated: in each tenth of the probability range, the share of true claims matches the
     # mean probability (expected calibration error 0.03 here), and it beats the base rate.

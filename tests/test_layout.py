@@ -62,7 +62,7 @@ ALLOWED = {
         "shards",
         "store",
     },
-    "query": {"metrics", "search", "store"},
+    "query": {"defaults", "metrics", "search", "store"},
     "curation": {"defaults", "errors", "evaluation", "query", "search", "store"},
     "index": {
         "blas",

@@ -168,18 +168,16 @@ def test_selector_partition_support_is_infinite_when_the_lists_visited_hold_too_
 
 
 def _nearer_class_by_numpy(stored, labels, queries, claimed, kth, support, exclude=None):
-    """The reference: classes whose support-th member (leaving a row out) is nearer."""
+    """The reference: of the classes whose support-th member (leaving a row out) is nearer
+    than the claimed class's, the nearest ([] when none)."""
     out = []
     for i, query in enumerate(queries):
         d = np.linalg.norm(stored - query, axis=1)
         if exclude is not None:
             d[exclude[i]] = np.inf
-        nearer = [
-            c
-            for c in np.unique(labels)
-            if c != claimed[i] and np.sum((labels == c) & (d < kth[i])) >= support
-        ]
-        out.append(nearer)
+        kths = {c: np.sort(d[labels == c])[support - 1] for c in np.unique(labels)}
+        nearer = [c for c in kths if c != claimed[i] and kths[c] < kth[i]]
+        out.append([min(nearer, key=kths.get)] if nearer else [])
     return out
 
 

@@ -5,11 +5,14 @@ are the queries, so no query can find itself.
 
 * 1-NN accuracy: each test image's predicted class (``Index.query``, k=1).
 * 20,000 claims: each test image once with its true class, once with a random wrong class;
-  accuracy, precision, recall and F1 at the calibrated global threshold and per class.
+  accuracy, precision, recall and F1 at the calibrated global threshold and per class, under
+  the index's rule (the default, nearest-class), beside an index built by the distance rule
+  alone in the same run.
 * Throughput, medians of --repeats runs: claims/s warm in-process including embedding
-  (``Index.check``), the class-restricted FAISS search alone on the same embeddings, a
-  brute-force NumPy reference on the same embeddings (its answers are checked equal), and the
-  CLI end to end (``siamindex check --claims``, a fresh process each time).
+  (``Index.check``), the FAISS searches alone on the same embeddings (class-restricted, then
+  unrestricted for a nearer class), a brute-force NumPy reference of the same rule on the same
+  embeddings (its answers are checked equal), and the CLI end to end (``siamindex check
+  --claims``, a fresh process each time).
 
     python tools/bench_claims.py --encoder models/bench/cnn-seed0.keras
 """
@@ -51,6 +54,28 @@ def brute_force(
         kth = np.partition(squared, support - 1, axis=1)[:, support - 1]
         out[where] = np.sqrt(np.maximum(kth, 0))
     return out
+
+
+def brute_force_rule(
+    stored: np.ndarray, labels: np.ndarray, vectors: np.ndarray, groups: np.ndarray, support: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest-class rule in NumPy: each vector's support-th nearest member of every class;
+    returns the claimed class's distance and the nearest other class whose support-th member
+    is nearer (-1: none)."""
+    classes = np.unique(labels)
+    kth = np.empty((len(vectors), len(classes)), dtype=np.float32)
+    for start in range(0, len(vectors), 5000):
+        part = vectors[start : start + 5000]
+        for c in classes:
+            kth[start : start + len(part), c] = brute_force(
+                stored, labels, part, np.full(len(part), c), support
+            )
+    own = kth[np.arange(len(vectors)), groups]
+    others = kth.copy()
+    others[np.arange(len(vectors)), groups] = np.inf
+    best = np.argmin(others, axis=1)
+    nearer = np.where(others[np.arange(len(vectors)), best] < own, best, -1)
+    return own, nearer
 
 
 def main() -> None:
@@ -95,23 +120,47 @@ def main() -> None:
         groups = claims.classes.astype(np.int64)
         partition = index.partition
         names = [str(i) for i in range(len(groups))]
+        names_of = list(store.class_names)
         reference = brute_force(
             store.rows.embeddings, store.rows.labels, vectors, groups, index.facts.support
         )
-        faiss_distances = np.array(
-            [r.support_distance for r in check_membership(store, partition, vectors, names, groups)]
-        )
+        answers = check_membership(store, partition, vectors, names, groups)
+        faiss_distances = np.array([r.support_distance for r in answers])
         np.testing.assert_allclose(faiss_distances, reference, atol=1e-3)
+        support = index.facts.support
+        _, numpy_nearer = brute_force_rule(
+            store.rows.embeddings, store.rows.labels, vectors, groups, support
+        )
+        faiss_nearer = np.array(
+            [-1 if r.nearer_class is None else names_of.index(r.nearer_class) for r in answers]
+        )
+        agree = float(np.mean((faiss_nearer >= 0) == (numpy_nearer >= 0)))
+        assert agree >= 0.999, f"nearer class: FAISS and NumPy agree on only {agree:.4f}"
+
+        def faiss_search() -> None:
+            _, _, kth = partition.nearest(vectors, groups, support=support)
+            partition.nearer_class(vectors, groups, kth, support)
 
         warm = median_seconds(lambda: index.check(images, classes), args.repeats)
-        search_only = median_seconds(
-            lambda: partition.nearest(vectors, groups, support=index.facts.support), args.repeats
-        )
+        search_only = median_seconds(faiss_search, args.repeats)
         numpy_only = median_seconds(
-            lambda: brute_force(
-                store.rows.embeddings, store.rows.labels, vectors, groups, index.facts.support
+            lambda: brute_force_rule(
+                store.rows.embeddings, store.rows.labels, vectors, groups, support
             ),
             args.repeats,
+        )
+        # The same claims against an index built by the distance rule alone, for comparison.
+        by_distance, _ = build_index(
+            BuildSettings(
+                encoder=args.encoder,
+                index=Path(folder) / "by-distance",
+                splits=("train",),
+                rule="distance",
+                progress=False,
+            )
+        )
+        distance_summary = membership_summary(
+            by_distance.check(images, classes, true_classes=truth)
         )
 
         csv_path = Path(folder) / "claims.csv"
@@ -147,7 +196,8 @@ def main() -> None:
     truth_of = np.array([r.class_name == r.true_class for r in results])
     print(
         f"index: MNIST train split ({len(store.rows)} images, {store.embedding_dim}-d, flat); "
-        f"queries: the 10,000 test images; threshold {store.facts.threshold:.4f} (Euclidean)"
+        f"queries: the 10,000 test images; threshold {store.facts.threshold:.4f} (Euclidean); "
+        f"rule {store.facts.rule}"
     )
     print("BLAS: " + "; ".join(blas_kernels()) + "\n")
     print(
@@ -162,6 +212,10 @@ def main() -> None:
                 ),
                 ("membership F1, global threshold", f"{summary['f1']:.4f}"),
                 (
+                    "membership F1, distance rule alone (its own build)",
+                    f"{distance_summary['f1']:.4f}",
+                ),
+                (
                     "membership accuracy, per-class thresholds",
                     f"{per_class_summary['accuracy']:.4f}",
                 ),
@@ -174,6 +228,15 @@ def main() -> None:
                     "membership probability: Brier score (base rate alone)",
                     f"{brier_score_loss(truth_of, chance):.4f} "
                     f"({brier_score_loss(truth_of, np.full(n, truth_of.mean())):.4f})",
+                ),
+                (
+                    "claims rejected because another class is nearer",
+                    f"{np.mean(faiss_nearer >= 0):.4f} (FAISS and NumPy agree on {agree:.4f})",
+                ),
+                (
+                    "confusion (TP/FP/FN/TN), distance rule alone",
+                    f"{distance_summary['true_positive']}/{distance_summary['false_positive']}/"
+                    f"{distance_summary['false_negative']}/{distance_summary['true_negative']}",
                 ),
                 (
                     "confusion (TP/FP/FN/TN), global",
@@ -196,19 +259,19 @@ def main() -> None:
             ("path (20,000 claims)", "seconds", "claims/s", "vs NumPy"),
             [
                 (
-                    "warm, in process: embed + FAISS class search",
+                    "warm, in process: embed + FAISS search",
                     f"{warm:.3f}",
                     f"{n / warm:,.0f}",
                     f"{numpy_only / warm:.1f}x",
                 ),
                 (
-                    "FAISS class search alone (same embeddings)",
+                    "FAISS class + nearer-class search alone",
                     f"{search_only:.3f}",
                     f"{n / search_only:,.0f}",
                     f"{numpy_only / search_only:.1f}x",
                 ),
                 (
-                    "brute-force NumPy (same embeddings)",
+                    "brute-force NumPy, the same rule",
                     f"{numpy_only:.3f}",
                     f"{n / numpy_only:,.0f}",
                     "1.0x",

@@ -15,6 +15,9 @@ in one run, on one machine:
   wrong one), the 3 nearest stored members of the claimed class: claims/s, recall@3 against the
   exact answer, and membership F1 at the index's calibrated threshold and support (distances to
   the members found are recomputed exactly, so F1 differs only by which members were found).
+  That is the "distance" rule, which a class-filtered search in any store answers; indexes built
+  with the default "nearest-class" rule also search unfiltered for a nearer class, which this
+  workload leaves out for every store alike.
 
 Approximate peers are tuned to matched recall: for each workload, the smallest setting of their
 knob whose recall on the first 1,000 queries (2,000 claims) reaches --recall; a peer that never
