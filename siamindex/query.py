@@ -78,7 +78,10 @@ class MembershipResult:
     ``support_distance`` is the distance to its ``support``-th nearest member, and the claim holds
     (``is_member``) when that is within ``threshold``: at least ``support`` members are that near,
     and, under the index's "nearest-class" rule, no other class has as many members nearer
-    (``nearer_class`` names one that has; the claim is then rejected).
+    (``nearer_class`` names the nearest such class; the claim is then rejected). Only claims
+    within the threshold are searched for a nearer class (the others are rejected anyway), so
+    beyond it ``nearer_class`` is None and ``probability`` is that of the distance alone (an
+    upper bound).
     ``probability`` is the calibrated probability that the claim is true, fitted at build time
     on claims about stored images (None for indexes built before it).
     """
@@ -212,7 +215,10 @@ def _nearest_class(
     _, _, found = partition.nearest(vectors, first, support=support)
     if store.facts.rule != NEAREST_CLASS_RULE:
         return first, found
-    nearer = partition.nearer_class(vectors, first, found, support)
+    # Beyond the threshold the answer is "no match" whichever class is nearest.
+    within = np.flatnonzero(found <= store.facts.threshold)
+    nearer = np.full(len(first), -1, dtype=np.int64)
+    nearer[within] = partition.nearer_class(vectors[within], first[within], found[within], support)
     moved = np.flatnonzero(nearer >= 0)
     if moved.size:
         first, found = first.copy(), found.copy()
@@ -252,9 +258,6 @@ def check_membership(
     distances, rows, support_distances = partition.nearest(
         vectors, classes, support=support, nprobe=nprobe
     )
-    nearer = np.full(len(classes), -1, dtype=np.int64)
-    if store.facts.rule == NEAREST_CLASS_RULE:
-        nearer = partition.nearer_class(vectors, classes, support_distances, support, nprobe)
     thresholds = np.full(len(classes), store.facts.threshold)
     kinds = np.full(len(classes), "global", dtype=object)
     # A class added after the build is judged by its own threshold (the global one was never
@@ -264,6 +267,14 @@ def check_membership(
     judged = np.isfinite(own) & (per_class | np.isin(classes, late))
     thresholds = np.where(judged, own, thresholds)
     kinds[judged] = "per-class"
+    # Only a claim within its threshold can be refused for a nearer class: the search for one
+    # (unrestricted, the costly part) is spent on those alone.
+    nearer = np.full(len(classes), -1, dtype=np.int64)
+    if store.facts.rule == NEAREST_CLASS_RULE:
+        within = np.flatnonzero(support_distances <= thresholds)
+        nearer[within] = partition.nearer_class(
+            vectors[within], classes[within], support_distances[within], support, nprobe
+        )
     ids = np.where(rows >= 0, store.rows.ids[np.maximum(rows, 0)], -1)
     names_of = store.class_names
     chances = _probabilities(store, np.where(nearer >= 0, np.inf, support_distances))

@@ -64,6 +64,7 @@ def test_check_equals_brute_force(fake_index, queries):
     results = fake_index.check(images, classes, true_classes=[str(v) for v in labels])
     vectors = fake_index.embed(images)
     rows = fake_index.store.rows
+    checked = []
     for i, result in enumerate(results):
         members = np.flatnonzero(rows.labels == int(classes[i]))
         d = np.linalg.norm(rows.embeddings[members] - vectors[i], axis=1)
@@ -79,10 +80,13 @@ def test_check_equals_brute_force(fake_index, queries):
             if c != int(classes[i])
         ]
         beaten = min(others) < third
-        assert (result.nearer_class is not None) == beaten
-        assert result.is_member == (third <= fake_index.facts.threshold and not beaten)
+        within = third <= fake_index.facts.threshold  # only those are searched for a rival
+        assert (result.nearer_class is not None) == (beaten and within)
+        assert result.is_member == (within and not beaten)
         assert result.threshold_kind == "global"
         assert (result.class_name, result.true_class) == (classes[i], str(labels[i]))
+        checked.append((beaten, within))
+    assert {(True, True), (False, True)} <= set(checked)  # both kinds of verdict occur
 
 
 def test_per_class_thresholds_decide_and_fall_back(fake_index, queries):
