@@ -78,10 +78,9 @@ class MembershipResult:
     ``support_distance`` is the distance to its ``support``-th nearest member, and the claim holds
     (``is_member``) when that is within ``threshold``: at least ``support`` members are that near,
     and, under the index's "nearest-class" rule, no other class has as many members nearer
-    (``nearer_class`` names the nearest such class; the claim is then rejected). Only claims
-    within the threshold are searched for a nearer class (the others are rejected anyway), so
-    beyond it ``nearer_class`` is None and ``probability`` is that of the distance alone (an
-    upper bound).
+    (``nearer_class`` names the nearest such class; the claim is then rejected). A nearer class
+    is only looked for where it can change the answer (within the threshold, or where the
+    probability still falls with distance); beyond, ``nearer_class`` is None.
     ``probability`` is the calibrated probability that the claim is true, fitted at build time
     on claims about stored images (None for indexes built before it).
     """
@@ -216,7 +215,7 @@ def _nearest_class(
     if store.facts.rule != NEAREST_CLASS_RULE:
         return first, found
     # Beyond the threshold the answer is "no match" whichever class is nearest.
-    within = np.flatnonzero(found <= store.facts.threshold)
+    within = np.flatnonzero(found <= rival_reach(store, store.facts.threshold))
     nearer = np.full(len(first), -1, dtype=np.int64)
     nearer[within] = partition.nearer_class(vectors[within], first[within], found[within], support)
     moved = np.flatnonzero(nearer >= 0)
@@ -267,11 +266,11 @@ def check_membership(
     judged = np.isfinite(own) & (per_class | np.isin(classes, late))
     thresholds = np.where(judged, own, thresholds)
     kinds[judged] = "per-class"
-    # Only a claim within its threshold can be refused for a nearer class: the search for one
-    # (unrestricted, the costly part) is spent on those alone.
+    # The search for a nearer class (unrestricted, the costly part) is spent only where it can
+    # change the answer: within the threshold, or its probability.
     nearer = np.full(len(classes), -1, dtype=np.int64)
     if store.facts.rule == NEAREST_CLASS_RULE:
-        within = np.flatnonzero(support_distances <= thresholds)
+        within = np.flatnonzero(support_distances <= rival_reach(store, thresholds))
         nearer[within] = partition.nearer_class(
             vectors[within], classes[within], support_distances[within], support, nprobe
         )
@@ -330,6 +329,17 @@ def check_row(result: MembershipResult) -> list[str]:
         "" if r.probability is None else f"{r.probability:.4f}",
         r.nearer_class or "",
     ]
+
+
+def rival_reach(store: IndexStore, thresholds: np.ndarray | float) -> np.ndarray:
+    """How far a claim's support distance may be for a nearer class to matter: its threshold,
+    or farther where the membership probability still falls (beyond, a claim's probability is
+    the curve's last value whether another class is nearer or not)."""
+    if store.probability is None:
+        return np.asarray(thresholds)
+    distances, chances = store.probability
+    flat = np.flatnonzero(chances == chances[-1])[0]  # where the curve reaches its last value
+    return np.asarray(np.maximum(thresholds, distances[flat]))
 
 
 def _probabilities(store: IndexStore, support_distances: np.ndarray) -> np.ndarray | None:

@@ -17,6 +17,7 @@ from fakes import FakeEncoder
 from siamindex.bundle import writer_lock
 from siamindex.errors import DataError, IncompatibleIndex, IndexLocked, IndexNotFound
 from siamindex.index import Index
+from siamindex.query import rival_reach
 
 OLD_BUNDLE = Path(__file__).parent / "data" / "bundle-0.1.0"
 
@@ -65,6 +66,8 @@ def test_check_equals_brute_force(fake_index, queries):
     vectors = fake_index.embed(images)
     rows = fake_index.store.rows
     checked = []
+    reach = rival_reach(fake_index.store, fake_index.facts.threshold)
+    assert reach >= fake_index.facts.threshold
     for i, result in enumerate(results):
         members = np.flatnonzero(rows.labels == int(classes[i]))
         d = np.linalg.norm(rows.embeddings[members] - vectors[i], axis=1)
@@ -80,8 +83,9 @@ def test_check_equals_brute_force(fake_index, queries):
             if c != int(classes[i])
         ]
         beaten = min(others) < third
-        within = third <= fake_index.facts.threshold  # only those are searched for a rival
-        assert (result.nearer_class is not None) == (beaten and within)
+        within = third <= fake_index.facts.threshold
+        reached = third <= reach  # only those are searched for a nearer class
+        assert (result.nearer_class is not None) == (beaten and reached)
         assert result.is_member == (within and not beaten)
         assert result.threshold_kind == "global"
         assert (result.class_name, result.true_class) == (classes[i], str(labels[i]))
