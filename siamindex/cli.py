@@ -956,7 +956,7 @@ def query(
         from siamindex.report import write_query_figure
 
         write_query_figure(index, loaded.pixels, loaded.names, results, show_path)
-    _print_query(results, output_format)
+    _print_query(results, output_format, index.facts)
 
 
 QUERY_CSV_HEADER = [
@@ -975,7 +975,7 @@ def _probability(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-def _print_query(results: Sequence[Any], output_format: str) -> None:
+def _print_query(results: Sequence[Any], output_format: str, facts: Any) -> None:
     from siamindex.query import to_json
 
     if output_format == "json":
@@ -1003,9 +1003,15 @@ def _print_query(results: Sequence[Any], output_format: str) -> None:
     threshold = results[0].threshold if results else float("nan")
     click.echo(
         f"\n{len(results)} quer{'y' if len(results) == 1 else 'ies'}; "
-        f"threshold {threshold:.4f} (Euclidean). The nearest match's class is predicted when the "
-        "membership claim for it holds (see `siamindex check`); otherwise 'no match'. probability: "
-        "calibrated chance that the query belongs to its nearest match's class."
+        f"threshold {threshold:.4f} (Euclidean). "
+        + (
+            f"The class whose {facts.support} nearest members are nearest is predicted when the "
+            "membership claim for it holds"
+            if facts.rule == NEAREST_CLASS_RULE
+            else "The nearest match's class is predicted when the membership claim for it holds"
+        )
+        + " (see `siamindex check`); otherwise 'no match'. probability: calibrated chance that "
+        "the query belongs to the predicted class."
     )
 
 
@@ -1093,7 +1099,7 @@ def check(
     index.check_nprobe(nprobe)  # before the images are read and embedded
     pixels, names, classes, truth = _claims(index, images, class_name, claims_file, resize, prepare)
     results = index.check(pixels, classes, per_class, names, truth, not quiet, nprobe)
-    _print_check(results, membership_summary(results), output_format)
+    _print_check(results, membership_summary(results), output_format, index.facts.rule)
 
 
 def _claims(
@@ -1118,7 +1124,7 @@ def _claims(
     return loaded.pixels, loaded.names, [str(class_name)] * len(loaded), truth
 
 
-def _print_check(results: Sequence[Any], summary: Any, output_format: str) -> None:
+def _print_check(results: Sequence[Any], summary: Any, output_format: str, rule: str) -> None:
     from siamindex.query import CHECK_CSV_HEADER, check_row, to_json
 
     if output_format == "json":
@@ -1135,7 +1141,12 @@ def _print_check(results: Sequence[Any], summary: Any, output_format: str) -> No
     click.echo(
         f"\n{len(results)} claims: {members} true, {len(results) - members} false. A claim holds "
         f"when the {support} nearest stored members of the class are within the threshold "
-        "(support_distance)."
+        "(support_distance)"
+        + (
+            f", and no other class has {support} members nearer (nearer_class)."
+            if rule == NEAREST_CLASS_RULE
+            else "."
+        )
     )
     if summary:
         click.echo(_summary_table(summary))

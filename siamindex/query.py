@@ -51,10 +51,11 @@ class Match:
 class QueryResult:
     """The k nearest stored images of one query, and the verdict.
 
-    ``predicted`` is the class of the nearest match, or None ("no match") when even the nearest
-    is farther than ``threshold``: the query looks like nothing stored (open set).
-    ``probability`` is the calibrated probability that the query belongs to the nearest match's
-    class (None for indexes built before it was calibrated).
+    ``predicted`` is the class the query is answered with, or None ("no match") when the
+    membership claim for it does not hold: the query looks like nothing stored (open set). That
+    class is the nearest match's, or, under the "nearest-class" rule, the class whose support-th
+    nearest member is nearest (usually the same). ``probability`` is the calibrated probability
+    that the query belongs to that class (None for indexes built before it was calibrated).
     """
 
     query: str
