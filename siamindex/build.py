@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamindex import bundle
+from siamindex import augmented, bundle
 from siamindex.data import SPLITS, Dataset, load_dataset, sha256_file
 from siamindex.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -65,7 +65,8 @@ class BuildSettings:
         progress: show progress bars.
         open_set: how many generated non-digits (``siamindex.exposure``, seeded apart from
             training's) join the calibration as false claims; None: 2,000 for the bundled
-            MNIST, none for other datasets (whose classes may be letters or shapes).
+            MNIST and mnist-aug, none for other datasets (whose classes may be letters or
+            shapes).
         min_recall: the threshold accepts at least this share of true claims (leave-one-out);
             None or 0: no floor.
         engine: "local" or "ray": where shards are embedded (``scale.build``; this module's
@@ -290,10 +291,11 @@ def build_facts(
 
 
 def open_set_count(settings: BuildSettings, source: str) -> int:
-    """How many generated non-digits the calibration claims as classes."""
+    """How many generated non-digits the calibration claims as classes: by default some for
+    digits (the bundled MNIST, and ``mnist-aug``), none for other datasets."""
     if settings.open_set is not None:
         return settings.open_set
-    return DEFAULT_OPEN_SET if source == "mnist" else 0
+    return DEFAULT_OPEN_SET if source == "mnist" or augmented.is_spec(source) else 0
 
 
 OPEN_SET_SEED = 10_000  # + the build's seed: apart from training's non-digits and the benchmarks'

@@ -528,8 +528,8 @@ def _index_named(ctx: click.Context, index_name: str, old: str | None, how: str)
     type=click.IntRange(min=0),
     default=None,
     help="Generated non-digits calibrated on as false claims, so that the threshold also "
-    f"rejects what is no class. Default: {DEFAULT_OPEN_SET} for the bundled MNIST, 0 for "
-    "--data.",
+    f"rejects what is no class. Default: {DEFAULT_OPEN_SET} for the bundled MNIST and mnist-aug, "
+    "0 for other --data.",
 )
 @_with_engine
 @click.option(

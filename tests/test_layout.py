@@ -78,6 +78,7 @@ ALLOWED = {
         "store",
     },
     "build": {
+        "augmented",
         "bundle",
         "data",
         "defaults",

@@ -64,6 +64,9 @@ def test_an_ivf_type_is_trained_on_the_first_shards_then_filled(tmp_path):
     )
     assert "train quantizer" in phases.seconds
     assert index.store.index.ntotal == 12_000 and index.facts.source == "mnist-aug:12000:0"
+    # Digits, so calibrated on generated non-digits too (as the bundled MNIST is).
+    assert "2000 non-digits" in index.facts.threshold_method
+    assert index.facts.open_set_rejected is not None
     vectors = index.store.rows.embeddings[:200]
     found = index.store.search(vectors, 1, nprobe=32)[1][:, 0]
     assert np.array_equal(found, np.arange(200))  # every stored vector finds itself
