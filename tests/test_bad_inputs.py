@@ -176,6 +176,7 @@ CASES = [
     (["build-index", "--index", "x", "--index-type", "NotAType"], 2, "FAISS rejects index type"),
     (["build-index", "--splits", "valid"], 2, "must list train and/or test"),
     (["build-index", "--batch-size", "0"], 2, "0 is not in the range x>=1"),
+    (["build-index", "--index", "x", "--rule", "vote"], 2, "'vote' is not one of"),
     (["info", "--index", "nosuch"], 1, "No index at"),
     (["info", "--index", "{root}/a-file"], 1, "is a file, not an index folder"),
     (["add", "mnist:test:0", "--class", "eleven"], 1, "Unknown class 'eleven'"),
