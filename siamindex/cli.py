@@ -141,10 +141,18 @@ size_options = [
 ]
 
 
-def _with_sizes(command: F) -> F:
-    for option in reversed(size_options):
-        command = option(command)
-    return command
+def _with_options(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    """One decorator applying a list of click options, in order."""
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+_with_sizes = _with_options(size_options)
 
 
 engine_options = [
@@ -170,10 +178,7 @@ engine_options = [
 ]
 
 
-def _with_engine(command: F) -> F:
-    for option in reversed(engine_options):
-        command = option(command)
-    return command
+_with_engine = _with_options(engine_options)
 
 
 def _check_engine(engine: str, address: str | None, workers: int | None) -> None:

@@ -213,12 +213,7 @@ def _nearest_class(
     3 among the 5s makes the nearest match a 3, but the query is as near as that to the 5s)."""
     support = store.facts.support
     _, _, found = partition.nearest(vectors, first, support=support)
-    if store.facts.rule != NEAREST_CLASS_RULE:
-        return first, found
-    # Beyond the threshold the answer is "no match" whichever class is nearest.
-    within = np.flatnonzero(found <= rival_reach(store, store.facts.threshold))
-    nearer = np.full(len(first), -1, dtype=np.int64)
-    nearer[within] = partition.nearer_class(vectors[within], first[within], found[within], support)
+    nearer = _nearer_classes(store, partition, vectors, first, found, store.facts.threshold)
     moved = np.flatnonzero(nearer >= 0)
     if moved.size:
         first, found = first.copy(), found.copy()
@@ -267,14 +262,9 @@ def check_membership(
     judged = np.isfinite(own) & (per_class | np.isin(classes, late))
     thresholds = np.where(judged, own, thresholds)
     kinds[judged] = "per-class"
-    # The search for a nearer class (unrestricted, the costly part) is spent only where it can
-    # change the answer: within the threshold, or its probability.
-    nearer = np.full(len(classes), -1, dtype=np.int64)
-    if store.facts.rule == NEAREST_CLASS_RULE:
-        within = np.flatnonzero(support_distances <= rival_reach(store, thresholds))
-        nearer[within] = partition.nearer_class(
-            vectors[within], classes[within], support_distances[within], support, nprobe
-        )
+    nearer = _nearer_classes(
+        store, partition, vectors, classes, support_distances, thresholds, nprobe
+    )
     ids = np.where(rows >= 0, store.rows.ids[np.maximum(rows, 0)], -1)
     names_of = store.class_names
     chances = _probabilities(store, np.where(nearer >= 0, np.inf, support_distances))
@@ -330,6 +320,28 @@ def check_row(result: MembershipResult) -> list[str]:
         "" if r.probability is None else f"{r.probability:.4f}",
         r.nearer_class or "",
     ]
+
+
+def _nearer_classes(
+    store: IndexStore,
+    partition: ClassPartition,
+    vectors: np.ndarray,
+    classes: np.ndarray,
+    support_distances: np.ndarray,
+    thresholds: np.ndarray | float,
+    nprobe: int | None = None,
+) -> np.ndarray:
+    """Under the "nearest-class" rule, each claim's nearer class (-1: none), looked for only
+    where it can change the answer or its probability (``rival_reach``: the search is
+    unrestricted, the costly part); all -1 under the distance rule."""
+    nearer = np.full(len(classes), -1, dtype=np.int64)
+    if store.facts.rule != NEAREST_CLASS_RULE:
+        return nearer
+    within = np.flatnonzero(support_distances <= rival_reach(store, thresholds))
+    nearer[within] = partition.nearer_class(
+        vectors[within], classes[within], support_distances[within], store.facts.support, nprobe
+    )
+    return nearer
 
 
 def rival_reach(store: IndexStore, thresholds: np.ndarray | float) -> np.ndarray:
