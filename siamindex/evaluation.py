@@ -129,13 +129,13 @@ def calibrate(
     Args:
         unlike: vectors of images that belong to no class (non-digits); each is claimed as a
             random class, a false claim, so the threshold weighs rejecting them too.
-        min_recall: never accept fewer than this share of the true claims: where the rule
-            above would, the threshold is raised to the smallest that does. Under the
-            "nearest-class" rule the share is of the true claims that no other class is nearer
-            to (no threshold accepts the others).
+        min_recall: never accept fewer than this share of the true claims by distance: where
+            the rule above would, the threshold is raised to the smallest that does.
         rule: "distance" (a claim holds when its support distance is within the threshold) or
             "nearest-class" (and no other class has ``support`` members nearer): the rule the
-            index answers by, so that the threshold is fitted to it.
+            index answers by. The threshold is chosen on support distances under either rule
+            (the vote only refuses more); F1, the shares accepted and rejected, and the
+            probability are the rule's.
 
     Returns:
         The global and per-class thresholds, with how they were found.
@@ -149,30 +149,40 @@ def calibrate(
     queries = stored[claims.rows]
 
     def judged(queries: np.ndarray, classes: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
-        """Support distances, infinite where the rule rejects the claim whatever the threshold."""
+        """Support distances, and where the rule refuses the claim whatever the threshold."""
         _, _, found = partition.nearest(queries, classes, exclude_rows=exclude, support=support)
+        refused = np.zeros(len(found), bool)
         if rule == NEAREST_CLASS_RULE:
             nearer = partition.nearer_class(queries, classes, found, support, exclude_rows=exclude)
-            found = np.where(nearer >= 0, np.inf, found)
-        return found
+            refused = nearer >= 0
+        return np.stack([found, refused])
 
-    distances = judged(queries, claims.classes, claims.rows)
+    plain, refused = judged(queries, claims.classes, claims.rows)
     classes, truth = claims.classes, claims.is_member
     is_unlike = np.zeros(len(truth), bool)
     if unlike is not None and len(unlike):
         known = np.unique(labels)
         claimed = known[rng.integers(0, len(known), len(unlike))]
-        distances = np.concatenate([distances, judged(unlike, claimed, None)])
+        more_plain, more_refused = judged(unlike, claimed, None)
+        plain = np.concatenate([plain, more_plain])
+        refused = np.concatenate([refused, more_refused]).astype(bool)
         classes = np.concatenate([classes, claimed])
         truth = np.concatenate([truth, np.zeros(len(unlike), bool)])
         is_unlike = np.concatenate([is_unlike, np.ones(len(unlike), bool)])
+    refused = refused.astype(bool)
     # A claim no threshold accepts stays in as "rejected" (a true one is a miss), at a distance
     # beyond every finite one; thresholds never go past the farthest finite distance.
-    reachable = np.isfinite(distances)
+    reachable = np.isfinite(plain)
     if not reachable.any():
         raise ValueError("no calibration claim has a finite distance; store more images")
-    farthest = float(distances[reachable].max())
-    distances = np.where(reachable, distances, 2 * farthest + 1)
+    farthest = float(plain[reachable].max())
+    beyond = 2 * farthest + 1
+    plain = np.where(reachable, plain, beyond)
+    # The threshold is the distance rule's, chosen on support distances alone: the nearest-class
+    # vote only refuses more. Fitted to the vote, max F1 widened the threshold (the vote already
+    # refuses most wrong-class claims), and the wider threshold let non-digits claimed as their
+    # nearest class through. Figures and the probability are the rule's: refused claims beyond.
+    distances = np.where(refused, beyond, plain)
 
     def pick(d: np.ndarray, t: np.ndarray, floor: float | None) -> float:
         """The precision target's threshold where it is reachable, else max F1 (then the floor),
@@ -190,19 +200,19 @@ def calibrate(
 
     smallest_for_recall = metrics.smallest_threshold_for_recall
     reached = target_precision is not None and (
-        metrics.precision_at_target(distances, truth, target_precision) is not None
+        metrics.precision_at_target(plain, truth, target_precision) is not None
     )
     # A precision target met replaces the recall floor: raising the threshold would undo it.
     floor = None if reached else min_recall
-    threshold = pick(distances, truth, floor)
+    threshold = pick(plain, truth, floor)
     per_class = {
-        int(c): pick(distances[classes == c], truth[classes == c], floor)
+        int(c): pick(plain[classes == c], truth[classes == c], floor)
         for c in np.unique(classes)
         if truth[classes == c].any() and (~truth[classes == c]).any()
     }
     how = f"largest threshold with precision >= {target_precision}" if reached else "max F1"
     if target_precision is not None and not reached:
-        best = metrics.classification_summary(distances <= threshold, truth)["precision"]
+        best = metrics.classification_summary(plain <= threshold, truth)["precision"]
         logger.warning(
             "Precision %s is not reached on any threshold of the %d calibration claims; "
             "calibrated by max F1 instead (precision %.4f). Ask for a lower --target-precision.",
@@ -217,7 +227,7 @@ def calibrate(
         how += f", accepting at least {floor} of true claims"
     nearer = ""
     if rule == NEAREST_CLASS_RULE:
-        nearer = f", and no other class with {support} members nearer"
+        nearer = f" (threshold), and no other class with {support} members nearer (vote)"
     accepted = distances <= threshold  # the rule check applies unless asked for per-class
     return Calibration(
         threshold=threshold,
