@@ -225,6 +225,7 @@ def calibrate(
         how += f", {len(unlike)} non-digits claimed as a random class among the false claims"
     if floor is not None:
         how += f", accepting at least {floor} of true claims"
+        how += " by distance" if rule == NEAREST_CLASS_RULE else ""
     nearer = ""
     if rule == NEAREST_CLASS_RULE:
         nearer = f" (threshold), and no other class with {support} members nearer (vote)"
