@@ -14,7 +14,7 @@ import numpy as np
 
 from siamindex import metrics
 from siamindex.defaults import NEAREST_CLASS_RULE
-from siamindex.search import ClassPartition
+from siamindex.search import MAX_RIVAL_NEIGHBOURS, ClassPartition, first_to_reach
 from siamindex.store import IndexStore
 
 # Python cannot name an attribute "class"; JSON and CSV output can, and do.
@@ -165,12 +165,23 @@ def nearest(
         k: matches per query, 1 <= k <= stored count.
         nprobe, ef_search: search settings for IVF / HNSW index types.
     """
-    distances, ids = store.search(vectors, k, nprobe=nprobe, ef_search=ef_search)
+    width = _vote_width(store) if nprobe is None and ef_search is None else 0
+    distances, ids = store.search(vectors, max(k, width), nprobe=nprobe, ef_search=ef_search)
     found = ids >= 0
     rows = np.where(found, store.rows_of(np.where(found, ids, store.rows.ids[0])), -1)
     threshold = store.facts.threshold
     first = np.where(found[:, 0], store.rows.labels[np.maximum(rows[:, 0], 0)], 0)
-    first, support_distances = _nearest_class(store, partition, vectors, first)
+    if width:  # one exact search gave the matches and the vote
+        labels = store.rows.labels[np.maximum(rows[:, :width], 0)]
+        winner, column = first_to_reach(
+            labels, found[:, :width], store.facts.support, len(store.class_names)
+        )
+        at = np.arange(len(winner))
+        support_distances = np.where(winner >= 0, distances[at, np.maximum(column, 0)], np.inf)
+        first = np.where(winner >= 0, winner, first)
+        distances, ids, found, rows = (a[:, :k] for a in (distances, ids, found, rows))
+    else:
+        first, support_distances = _nearest_class(store, partition, vectors, first)
     chances = _probabilities(store, support_distances)
     results = []
     for q, name in enumerate(names):
@@ -199,6 +210,26 @@ def nearest(
             )
         )
     return results
+
+
+def _vote_width(store: IndexStore) -> int:
+    """How many nearest stored images of any class decide the nearest-class vote, when one
+    exact search of that many answers a query outright (0 when it does not: another rule, an
+    approximate index type, or a class with fewer members than the support, which only the
+    per-class search answers). Some class must reach ``support`` among classes x (support - 1)
+    + 1 of them; the one that gets there first is the class whose support-th member is
+    nearest, and the rule accepts no other."""
+    support = store.facts.support
+    present = store.class_counts[store.class_counts > 0]
+    width = len(present) * (support - 1) + 1
+    if (
+        store.facts.rule != NEAREST_CLASS_RULE
+        or store.facts.index_type != "flat"
+        or (present < support).any()
+        or width > min(MAX_RIVAL_NEIGHBOURS, len(store.rows))
+    ):
+        return 0
+    return width
 
 
 def _nearest_class(

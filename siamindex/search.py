@@ -92,6 +92,25 @@ def exact_search(
     return distances, rows
 
 
+def first_to_reach(
+    labels: np.ndarray, eligible: np.ndarray, support: int, class_count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Walking each row of (n, k) neighbour ``labels`` nearest first, counting only
+    ``eligible`` columns: the first label seen ``support`` times (the class whose support-th
+    member is nearest) and the column where it got there; -1 and -1 where none does."""
+    counts = np.zeros((len(labels), class_count), dtype=np.int64)
+    first = np.full(len(labels), -1, dtype=np.int64)
+    where = np.full(len(labels), -1, dtype=np.int64)
+    at = np.arange(len(labels))
+    for column in range(labels.shape[1]):
+        hit = eligible[:, column]
+        label = labels[:, column]
+        counts[at[hit], label[hit]] += 1
+        reached = hit & (first < 0) & (counts[at, label] >= support)
+        first[reached], where[reached] = label[reached], column
+    return first, where
+
+
 class ClassPartition:
     """One FAISS index per class, answering "how far is the nearest stored member of C?".
 
@@ -221,18 +240,7 @@ class ClassPartition:
             )
             if exclude_rows is not None:
                 nearer &= rows != np.asarray(exclude_rows)[part, None]
-            # Walk the neighbours nearest first: the first class to reach ``support`` members
-            # is the one whose support-th member is nearest.
-            counts = np.zeros((len(part), class_count), dtype=np.int64)
-            first = np.full(len(part), -1, dtype=np.int64)
-            at = np.arange(len(part))
-            for column in range(k):
-                hit = nearer[:, column]
-                label = labels[:, column]
-                counts[at[hit], label[hit]] += 1
-                reached = hit & (first < 0) & (counts[at, label] >= support)
-                first[reached] = label[reached]
-            found[part] = first
+            found[part] = first_to_reach(labels, nearer, support, class_count)[0]
         return found
 
     def neighbours(

@@ -226,6 +226,11 @@ class IndexStore:
         """``index_kind`` of the FAISS index, looked up once (a copy looks it up again)."""
         return index_kind(self.index)
 
+    @functools.cached_property
+    def class_counts(self) -> np.ndarray:
+        """(num_classes,) stored images of each class, counted once (a copy counts again)."""
+        return np.bincount(self.rows.labels, minlength=len(self.class_names))
+
     @property
     def embedding_dim(self) -> int:
         return int(self.rows.embeddings.shape[1])

@@ -72,3 +72,36 @@ def test_nearest_and_check_on_stored_vectors(fake_index):
     for claim, result in zip(checked, results, strict=True):
         assert claim.distance == pytest.approx(0.0, abs=1e-5)
         assert result.predicted == (claim.class_name if claim.is_member else None)
+
+
+def test_one_exact_search_answers_a_query_as_the_per_class_searches_do(fake_index, mnist_train):
+    """Flat indexes under the nearest-class rule answer a query from one search of the 21
+    nearest stored images (10 classes x 2 + 1): the matches, and the class that reaches 3
+    members first. The per-class searches (the path of approximate index types) agree."""
+    from dataclasses import replace
+
+    from siamindex.query import _vote_width, rival_reach
+
+    store, partition = fake_index.store, fake_index.partition
+    queries = fake_index.embed(mnist_train.images[-400:])  # not stored
+    names = [str(i) for i in range(len(queries))]
+    assert _vote_width(store) == 21
+    one = nearest(store, partition, queries, names, k=3)
+    per_class = replace(store, facts=replace(store.facts, index_type="IDMap2,Flat"))
+    assert _vote_width(per_class) == 0
+    many = nearest(per_class, partition, queries, names, k=3)
+    moved = 0
+    for fast, slow in zip(one, many, strict=True):
+        assert [m.id for m in fast.matches] == [m.id for m in slow.matches]
+        moved += fast.predicted is not None and fast.predicted != fast.matches[0].class_name
+        if fast.predicted != slow.predicted:
+            # The per-class path looks for a nearer class only within reach of the nearest
+            # match's class; beyond it, that class fails and the query gets no match, where
+            # the vote finds the class the rule accepts.
+            assert slow.predicted is None and fast.predicted is not None
+            first = store.class_names.index(fast.matches[0].class_name)
+            _, _, kth = partition.nearest(queries[[int(fast.query)]], np.array([first]), support=3)
+            assert kth[0] > rival_reach(store, store.facts.threshold)
+        else:
+            assert fast.probability == pytest.approx(slow.probability, abs=1e-6)
+    assert moved > 0  # the vote chose another class than the nearest match's, and held
