@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,11 +30,6 @@ from starlette.exceptions import HTTPException
 
 from siamindex import curation
 from siamindex.errors import (
-    BadSearchSetting,
-    DataError,
-    IndexLocked,
-    IndexNotFound,
-    ItemNotFound,
     SiamIndexError,
 )
 from siamindex.query import Relabelled, Removed, membership_summary, to_json
@@ -159,27 +155,19 @@ def error_response(status: int, message: str) -> Response:
     return Response(json.dumps({"error": line}), status, headers, "application/json")
 
 
-def _status_of(exc: SiamIndexError) -> int:
-    if isinstance(exc, IndexNotFound | ItemNotFound):
-        return 404
-    if isinstance(exc, IndexLocked):
-        return 409
-    if isinstance(exc, DataError | BadSearchSetting):
-        return 422
-    return 500
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return 400, "The request body is not valid JSON; send a JSON object."
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return 422, f"{where}: {first.get('msg', 'invalid')}{more}. See /openapi.json for the schema."
-
-
 # -- the app --------------------------------------------------------------------------------
+
+SERVE_CONFIG_ENV = "SIAMINDEX_SERVE_CONFIG"  # ServeConfig as JSON, for serve --workers
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``serve --workers N`` process, from the config the command left in the
+    environment (each worker imports this, as uvicorn's factory)."""
+    given = json.loads(os.environ[SERVE_CONFIG_ENV])
+    limits = Limits(**given.pop("limits"))
+    return create_app(
+        ServeConfig(**{**given, "indexes": tuple(given["indexes"]), "limits": limits})
+    )
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -197,8 +185,10 @@ def create_app(config: ServeConfig) -> FastAPI:
         for holder in holders.values():
             served = await holder.load()
             served.batcher.on_batch = metrics.batch
+        metrics.served(holders)
         watchers = [
-            asyncio.create_task(holder.watch(config.poll_seconds)) for holder in holders.values()
+            asyncio.create_task(holder.watch(config.poll_seconds, lambda: metrics.served(holders)))
+            for holder in holders.values()
         ]
         yield
         for task in watchers:
@@ -256,7 +246,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return envelope({"status": "alive"}, time.perf_counter())
+        return envelope({"status": "alive", "pid": os.getpid()}, time.perf_counter())
 
     @app.get("/readyz")
     async def readyz() -> Response:
@@ -436,11 +426,11 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(SiamIndexError)
     async def on_library_error(request: Request, exc: SiamIndexError) -> Response:
-        return error_response(_status_of(exc), str(exc))
+        return error_response(api_support.status_of(exc), str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(*_validation_message(exc))
+        return error_response(*api_support.validation_message(exc))
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
-from siamindex.errors import DataError, ItemNotFound
+from siamindex.errors import (
+    BadSearchSetting,
+    DataError,
+    IndexLocked,
+    IndexNotFound,
+    ItemNotFound,
+    SiamIndexError,
+)
 from siamindex.index import Index
 from siamindex.service import (
     DATASET_REF,
@@ -25,6 +34,7 @@ from siamindex.service import (
     image_kinds,
 )
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's, read when it is imported
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -38,11 +48,14 @@ def version() -> str:
 
 
 class Metrics:
-    """Prometheus counters and histograms in a registry of their own (one per app)."""
+    """Prometheus counters and histograms in a registry of their own (one per app). Under
+    ``serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set) every worker writes its values to
+    that folder and /metrics adds up all workers' (prometheus_client's multiprocess mode)."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_ENV))
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "siamindex_requests",
@@ -68,23 +81,54 @@ class Metrics:
             "Generation of each served index (1 at start, +1 per bundle swapped in).",
             ["index"],
             registry=self.registry,
+            multiprocess_mode="livemax",  # workers swap one after another: the newest
         )
         self.count = Gauge(
             "siamindex_index_images", "Images stored in each served index.", ["index"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemostrecent",
         )  # fmt: skip
 
     def batch(self, size: int) -> None:
         self.batch_sizes.observe(size)
 
-    def render(self, holders: dict[str, IndexHolder]) -> bytes:
-        from prometheus_client import generate_latest
-
+    def served(self, holders: dict[str, IndexHolder]) -> None:
+        """Note the generation and size of what this process serves."""
         for name, holder in holders.items():
             if holder.current is not None:
                 self.generation.labels(name).set(holder.current.generation)
                 self.count.labels(name).set(len(holder.current.index.store.rows))
-        return bytes(generate_latest(self.registry))
+
+    def render(self, holders: dict[str, IndexHolder]) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        self.served(holders)
+        if not self.multiprocess:
+            return bytes(generate_latest(self.registry))
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(registry))
+
+
+def status_of(exc: SiamIndexError) -> int:
+    """The HTTP status of a library error: 404, 409, 422, else 500."""
+    if isinstance(exc, IndexNotFound | ItemNotFound):
+        return 404
+    if isinstance(exc, IndexLocked):
+        return 409
+    if isinstance(exc, DataError | BadSearchSetting):
+        return 422
+    return 500
+
+
+def validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    """The status and one-line error of a request FastAPI could not validate."""
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "The request body is not valid JSON; send a JSON object."
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return 422, f"{where}: {first.get('msg', 'invalid')}{more}. See /openapi.json for the schema."
 
 
 class BodyLimit:

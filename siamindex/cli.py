@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -1319,6 +1320,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
     show_default=True,
     help="Width/height limit of uploaded PNG/JPEG images.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes, each with its own encoder and copy of the index (memory grows "
+    "with them); they share the port, follow index changes and add up /metrics.",
+)
 @_errors_to_messages
 def serve(
     index_names: tuple[str, ...],
@@ -1330,6 +1339,7 @@ def serve(
     max_body_mb: float,
     max_images: int,
     max_image_side: int,
+    workers: int,
 ) -> None:
     """Serve indexes over HTTP (FastAPI + uvicorn): query, check, compare, add, remove, a page
     to draw a digit at /, docs at /docs, Prometheus metrics at /metrics."""  # fmt: skip
@@ -1338,7 +1348,8 @@ def serve(
     try:
         import uvicorn
 
-        from siamindex.api import ServeConfig, create_app
+        from siamindex.api import SERVE_CONFIG_ENV, ServeConfig, create_app
+        from siamindex.api_support import MULTIPROCESS_ENV
         from siamindex.service import Limits
     except ImportError as exc:
         raise click.ClickException(
@@ -1363,14 +1374,22 @@ def serve(
         max_batch=max_batch,
         max_wait=max_wait_ms / 1000,
     )
-    click.echo(f"serving {', '.join(keys)} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=30,
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    click.echo(
+        f"serving {', '.join(keys)} on http://{host}:{port}/{processes} (Ctrl-C to stop)", err=True
     )
+    run = functools.partial(
+        uvicorn.run, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30
+    )
+    if workers == 1:
+        run(create_app(config))
+        return
+    # Each worker is a fresh process that builds its app from the environment; their metrics
+    # meet in a folder of their own, removed when the server stops.
+    with tempfile.TemporaryDirectory(prefix="siamindex-metrics-") as shared:
+        os.environ[SERVE_CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
+        os.environ[MULTIPROCESS_ENV] = shared
+        run("siamindex.api:app_from_environment", factory=True, workers=workers)
 
 
 def _read_token(token_file: str | None) -> str | None:

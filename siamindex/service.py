@@ -19,6 +19,7 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,14 @@ class IndexHolder:
         generation = 1 if previous is None else previous.generation + 1
         return Served(self.name, index, batcher, generation, sha)
 
-    async def watch(self, every: float) -> None:
-        """Follow the index name until cancelled, swapping in each new bundle once warm."""
+    async def watch(self, every: float, on_swap: Callable[[], None] | None = None) -> None:
+        """Follow the index name until cancelled, swapping in each new bundle once warm (then
+        calling ``on_swap``)."""
         while True:
             await asyncio.sleep(every)
             try:
-                await self.refresh()
+                if await self.refresh() and on_swap is not None:
+                    on_swap()
             except Exception as exc:  # keep serving what we have, and say why once per try
                 logger.warning("index %s: not swapped (%s)", self.name, str(exc)[:200])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def running_server(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ},
+        start_new_session=True,  # its own process group: serve --workers starts children
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -51,6 +53,6 @@ def running_server(
             time.sleep(0.2)
         yield process, base
     finally:
-        if process.poll() is None:
-            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the server and any workers it started
         process.communicate()

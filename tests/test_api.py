@@ -335,3 +335,49 @@ def test_check_with_nprobe_on_an_ivf_index_equals_the_library(tmp_path, small_id
         want = index.check_vectors(vectors, ["3"] * 40, nprobe=nprobe)
         np.testing.assert_allclose(got[nprobe], [r.support_distance for r in want], rtol=1e-4)
     assert got[1] != got[None]  # one list of each class's IVF index: really approximate
+
+
+def _fresh(method: str, url: str, **kwargs) -> httpx.Response:
+    """One request on a connection of its own (so that any worker may take it)."""
+    with httpx.Client(timeout=30) as client:
+        return client.request(method, url, **kwargs)
+
+
+def test_serve_workers_share_the_port_follow_writes_and_add_up_metrics(tiny_index, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    extra = ("--token-file", str(token_file), "--workers", "2")
+    with running_server(tiny_index, *extra) as (process, base):
+        pids, deadline = set(), time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(_fresh("GET", f"{base}/healthz").json()["result"]["pid"])
+        assert len(pids) == 2 and process.pid not in pids  # two workers, not the supervisor
+        query = {"images": [REF0], "k": 1}
+        for _ in range(6):
+            reply = _fresh("POST", f"{base}/v1/indexes/idx/query", json=query)
+            assert reply.status_code == 200 and reply.json()["result"][0]["matches"][0]["id"] == 0
+        # A write through whichever worker takes it; every worker swaps to the new bundle.
+        added = _fresh(
+            "POST",
+            f"{base}/v1/indexes/idx/add",
+            json={"images": [REF0], "class": "7"},
+            headers=AUTH,
+        )
+        assert added.status_code == 200, added.text
+        agreed, deadline = 0, time.monotonic() + 60
+        while agreed < 20 and time.monotonic() < deadline:
+            info = _fresh("GET", f"{base}/v1/indexes/idx").json()["result"]
+            agreed = agreed + 1 if info["generation"] == 2 and info["count"] == 301 else 0
+        assert agreed == 20
+        # /metrics adds up every worker's counts, whichever worker answers it.
+        for _ in range(3):
+            text = _fresh("GET", f"{base}/metrics").text
+            queries = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("siamindex_requests_total{")
+                and 'route="/v1/indexes/{name}/query"' in line
+                and 'status="200"' in line
+            ]
+            assert queries == [6.0]
+            assert 'siamindex_index_generation{index="idx"} 2.0' in text

@@ -98,6 +98,7 @@ ALLOWED = {
     "api": {"api_support", "curation", "errors", "query", "service"},
     "cli": {
         "api",
+        "api_support",
         "blas",
         "build",
         "bulk",
