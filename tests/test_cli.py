@@ -553,6 +553,7 @@ def test_serve_refuses_bad_settings_before_starting(tmp_path, monkeypatch):
         (["--token-file", str(tmp_path / "none")], 2, "cannot read"),
         (["--index", str(tmp_path / "missing")], 1, "No index at"),
         (["--port", "70000"], 2, "70000 is not in the range"),
+        (["--workers", "0"], 2, "0 is not in the range 1<=x<=64"),
     ]
     for args, code, message in cases:
         result = CliRunner().invoke(cli, ["serve", *args])

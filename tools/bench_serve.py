@@ -5,9 +5,11 @@ process. Load comes from ``wrk`` (Debian's package) with a Lua script that sends
 queries (PNG of a test digit, base64) and stops each run at a fixed request count or time limit,
 whichever comes first; nothing leaves the machine.
 
-* 1, 8 and 32 concurrent clients: requests/s and p50/p95/p99 latency.
-* One batch ``check`` of 20,000 claims (each test image with its true and a wrong class), as
-  dataset refs and as PNG images, beside ``Index.check`` warm in this process on the same claims.
+* 1, 8 and 32 concurrent clients: requests/s and p50/p95/p99 latency, for each ``serve
+  --workers`` count given (default 1 and 2, in the same run).
+* With the last workers count: one batch ``check`` of 20,000 claims (each test image with its
+  true and a wrong class), as dataset refs and as PNG images, beside ``Index.check`` warm in
+  this process on the same claims.
 * The 8-client load again while 10 changes are published (4 adds, 4 removes, 2 rebuilds):
   failed requests, and the generations the server went through.
 
@@ -96,6 +98,17 @@ def wrk(base: str, path: str, bodies: list[str], clients: int, seconds: float, l
     return result
 
 
+def query_loads(base: str, path: str, bodies: list[str], args, workers: int) -> list[list]:  # type: ignore[no-untyped-def]
+    """Single-image queries from 1, 8 and 32 clients: one table row each."""
+    rows = []
+    for clients in (1, 8, 32):
+        got = wrk(base, path, bodies, clients, args.seconds, args.requests)
+        failed = got["status_errors"] + got["socket_errors"]
+        latency = [f"{got[p]:.1f}" for p in ("p50", "p95", "p99")]
+        rows.append([workers, clients, f"{got['rate']:,.0f}", *latency, got["requests"], failed])
+    return rows
+
+
 def in_process_single_rate(index: Index, images: np.ndarray, seconds: float) -> float:
     """Single-image queries one after another in this process, warm (the baseline)."""
     index.query(images[:1], k=5)
@@ -112,6 +125,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="time limit of each load run")
     parser.add_argument("--requests", type=int, default=30_000, help="request limit of each run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--workers", default="1,2", help="serve --workers counts to load, side by side"
+    )
     parser.add_argument(
         "--index-type",
         default="flat",
@@ -152,12 +168,13 @@ def main() -> None:
     ]
     query_path = "/v1/indexes/served/query"
     rows, swap_row = [], None
-    with running_server(path, "--token-file", str(work / "token")) as (_, base):
-        for clients in (1, 8, 32):
-            got = wrk(base, query_path, bodies, clients, args.seconds, args.requests)
-            failed = got["status_errors"] + got["socket_errors"]
-            rows.append([clients, f"{got['rate']:,.0f}", f"{got['p50']:.1f}", f"{got['p95']:.1f}",
-                         f"{got['p99']:.1f}", got["requests"], failed])  # fmt: skip
+    counts = [int(n) for n in args.workers.split(",")]
+    for workers in counts[:-1]:  # the query load alone; the last count does everything
+        with running_server(path, "--workers", str(workers)) as (_, base):
+            rows += query_loads(base, query_path, bodies, args, workers)
+    extra = ("--token-file", str(work / "token"), "--workers", str(counts[-1]))
+    with running_server(path, *extra) as (_, base):
+        rows += query_loads(base, query_path, bodies, args, counts[-1])
         check_rows = []
         for kind in ("ref", "png"):
             specs = (
@@ -220,8 +237,8 @@ def main() -> None:
           f"CPU cores: {os.cpu_count()}")  # fmt: skip
     print(f"\nwarm in process: {single:,.0f} single-image queries/s one after another, "
           f"{in_process:,.0f} claims/s (Index.check of 20,000)\n")  # fmt: skip
-    print(markdown_table(["clients", "queries/s", "p50 ms", "p95 ms", "p99 ms", "requests",
-                          "failed"], rows))  # fmt: skip
+    print(markdown_table(["workers", "clients", "queries/s", "p50 ms", "p95 ms", "p99 ms",
+                          "requests", "failed"], rows))  # fmt: skip
     print()
     print(markdown_table(["check of 20,000 claims, images as", "body MB", "claims/s",
                           "vs in-process"], check_rows))  # fmt: skip
