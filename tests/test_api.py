@@ -9,6 +9,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import signal
 import threading
 import time
@@ -243,7 +244,8 @@ def test_limits_and_unknown_index(tiny_index, mnist_test):
 
 def test_probes_metrics_docs_and_page_work_offline(tiny_index):
     with _client(tiny_index) as client:
-        assert client.get("/healthz").json()["result"] == {"status": "alive"}
+        alive = {"status": "alive", "pid": os.getpid()}  # the process that answers
+        assert client.get("/healthz").json()["result"] == alive
         assert client.get("/readyz").json()["result"] == {"ready": True, "generations": {"idx": 1}}
         client.post("/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:0"}]})
         metrics = client.get("/metrics").text
