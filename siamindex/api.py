@@ -51,6 +51,7 @@ class ServeConfig:
         limits: what one request may carry.
         max_batch, max_wait: the micro-batcher's bounds (images, seconds).
         poll_seconds: how often the index names are checked for a new bundle.
+        compiled: run the encoder compiled by XLA, every batch shape compiled at load.
     """
 
     indexes: tuple[str, ...]
@@ -60,6 +61,7 @@ class ServeConfig:
     max_batch: int = 256
     max_wait: float = 0.002
     poll_seconds: float = 0.5
+    compiled: bool = True
 
 
 # -- request bodies (the OpenAPI schema comes from these) ----------------------------------
@@ -175,7 +177,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     from siamindex import api_support
 
     holders = {
-        index_key(name): IndexHolder(name, config.max_batch, config.max_wait)
+        index_key(name): IndexHolder(name, config.max_batch, config.max_wait, config.compiled)
         for name in config.indexes
     }
     metrics = api_support.Metrics()

@@ -21,15 +21,23 @@ Embedder = Callable[[np.ndarray], np.ndarray]
 PROGRESS_FROM = 5000  # images; smaller batches embed without a progress bar
 
 
-def load_embedder(path: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Embedder:
+def load_embedder(
+    path: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH_SIZE, compiled: bool | None = None
+) -> Embedder:
     """The embedder of a ``.keras`` encoder file (loaded in Keras safe mode).
+
+    ``compiled`` (``model.embed``): None compiles the encoder with XLA for large batches only;
+    True for every batch, each batch shape compiled here, before the first call.
 
     Raises:
         EncoderError: the file is missing, unsafe or not an image encoder.
     """
     from siamindex import model
 
-    return functools.partial(model.embed, model.load_encoder(path), batch_size=batch_size)
+    encoder = model.load_encoder(path)
+    if compiled:
+        model.warm_compiled(encoder, batch_size)
+    return functools.partial(model.embed, encoder, batch_size=batch_size, compiled=compiled)
 
 
 def embed_in_chunks(

@@ -29,7 +29,7 @@ import numpy as np
 from siamindex import bundle
 from siamindex.batcher import MicroBatcher
 from siamindex.data import decode_image_bytes
-from siamindex.embedding import embed_distinct
+from siamindex.embedding import embed_distinct, load_embedder
 from siamindex.errors import DataError
 from siamindex.index import Index
 from siamindex.inputs import load_one, pixels_from_array
@@ -110,10 +110,15 @@ class IndexHolder:
     Args:
         name: the index name or path, as given to ``serve --index``.
         max_batch, max_wait: the micro-batcher's bounds.
+        compiled: run the encoder compiled by XLA (``model.embed``), every batch shape
+            compiled when a new encoder is loaded.
     """
 
-    def __init__(self, name: str, max_batch: int = 256, max_wait: float = 0.002) -> None:
+    def __init__(
+        self, name: str, max_batch: int = 256, max_wait: float = 0.002, compiled: bool = True
+    ) -> None:
         self.name = name
+        self.compiled = compiled
         self.path = bundle.index_path(name)
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -164,7 +169,10 @@ class IndexHolder:
             # The same encoder file: keep the warm encoder and its batcher.
             index = Index(index.path, index.folder, index.store, previous.index.embedder)
             batcher = previous.batcher
-        else:
+        else:  # compiled for every batch shape now, so that no request waits for it
+            encoder_file = index.folder / bundle.ENCODER_FILE
+            embedder = load_embedder(encoder_file, self.max_batch, compiled=self.compiled)
+            index = Index(index.path, index.folder, index.store, embedder)
             embed = functools.partial(embed_distinct, index.embedder)
             batcher = MicroBatcher(embed, self.max_batch, self.max_wait)
         blank = np.zeros((1, 28, 28), np.uint8)

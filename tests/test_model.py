@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 
 from siamindex import model
 from siamindex.errors import EncoderError
+
+TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
 
 
 def test_seed_mlp_is_the_articles_branch():
@@ -175,3 +178,26 @@ def test_ink_levels_keep_mnist_digits_and_drop_the_paper(mnist_test):
 def test_cnn_starts_with_ink_levels_and_the_article_with_plain_rescaling():
     assert model.build_encoder("cnn").layers[1].name == "ink_levels"
     assert model.build_encoder("article-mlp").layers[1].name == "rescale"
+
+
+def test_compiled_embedding_equals_the_graph_whatever_the_padding(mnist_test):
+    """XLA-compiled embedding (each chunk padded to one of a few batch shapes) gives the
+    graph's vectors, for every row; the shapes are powers of 4 up to the batch."""
+    assert [model.compiled_shape(n, 256) for n in (1, 2, 4, 5, 17, 64, 65, 256)] == [
+        1, 4, 4, 16, 64, 64, 256, 256
+    ]  # fmt: skip
+    assert model.compiled_shape(70, 100) == 100
+    encoder = model.load_encoder(TINY_ENCODER)
+    images = mnist_test.images[:70]
+    graph = model.embed(encoder, images, batch_size=32, compiled=False)
+    compiled = model.embed(encoder, images, batch_size=32, compiled=True)  # 32, 32, 6 -> 16
+    np.testing.assert_allclose(compiled, graph, atol=1e-5)
+    np.testing.assert_allclose(
+        model.embed(encoder, images[:3], compiled=True), graph[:3], atol=1e-5
+    )
+    functions = model._INFERENCE[encoder]
+    assert set(functions) == {False, True}
+    # Large calls compile on their own (None: from COMPILE_FROM images on), small ones do not.
+    fresh = model.load_encoder(TINY_ENCODER)
+    model.embed(fresh, images[:10])
+    assert set(model._INFERENCE[fresh]) == {False}

@@ -98,6 +98,12 @@ def test_a_new_bundle_is_swapped_in_and_old_requests_finish_on_theirs(tiny_index
     assert (first.generation, second.generation) == (1, 2)
     assert len(first.index.store.rows) == 300 and len(second.index.store.rows) == 300
     assert second.batcher is first.batcher  # same encoder file: kept warm
+    # The served encoder runs compiled (XLA), every batch shape up to 32 compiled at load.
+    from siamindex import model
+
+    encoder = first.index.embedder.args[0]
+    assert first.index.embedder.keywords["compiled"] is True
+    assert True in model._INFERENCE[encoder]
     assert 1 in {m.id for r in old for m in r.matches} and 1 not in {
         m.id for r in new for m in r.matches
     }
