@@ -171,7 +171,7 @@ class IndexHolder:
             batcher = previous.batcher
         else:  # compiled for every batch shape now, so that no request waits for it
             encoder_file = index.folder / bundle.ENCODER_FILE
-            embedder = load_embedder(encoder_file, self.max_batch, compiled=self.compiled)
+            embedder = load_embedder(encoder_file, compiled=self.compiled)
             index = Index(index.path, index.folder, index.store, embedder)
             embed = functools.partial(embed_distinct, index.embedder)
             batcher = MicroBatcher(embed, self.max_batch, self.max_wait)

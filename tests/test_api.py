@@ -35,7 +35,9 @@ REF0 = {"ref": "mnist:test:0"}
 
 
 def _client(path: Path, **config) -> TestClient:
-    settings = {"token": TOKEN, "poll_seconds": 0.05, **config}
+    # The encoder runs by TensorFlow's graph here (compiling it costs seconds per app); the
+    # compiled path is served by the real-process tests below and test_service.
+    settings = {"token": TOKEN, "poll_seconds": 0.05, "compiled": False, **config}
     return TestClient(create_app(ServeConfig(indexes=(str(path),), **settings)))
 
 

@@ -98,7 +98,7 @@ def test_a_new_bundle_is_swapped_in_and_old_requests_finish_on_theirs(tiny_index
     assert (first.generation, second.generation) == (1, 2)
     assert len(first.index.store.rows) == 300 and len(second.index.store.rows) == 300
     assert second.batcher is first.batcher  # same encoder file: kept warm
-    # The served encoder runs compiled (XLA), every batch shape up to 32 compiled at load.
+    # The served encoder runs compiled (XLA), every batch shape compiled at load.
     from siamindex import model
 
     encoder = first.index.embedder.args[0]
@@ -110,7 +110,7 @@ def test_a_new_bundle_is_swapped_in_and_old_requests_finish_on_theirs(tiny_index
 
 
 def test_not_ready_while_a_new_bundle_warms(tiny_index, mnist_test, monkeypatch):
-    holder = IndexHolder(str(tiny_index))
+    holder = IndexHolder(str(tiny_index), compiled=False)
     release = threading.Event()
     original = IndexHolder._open_and_warm
 
