@@ -150,7 +150,9 @@ def figure_histograms(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
         ARTICLE_THRESHOLD, color="black", linestyle="--", label=f"article's {ARTICLE_THRESHOLD}"
     )
     left.set(title="Pair distances (test pairs)", xlabel="Euclidean distance", ylabel="pairs")
-    left.legend()
+    # Fixed legend places: matplotlib's "best" warns when it is slow, and the CLI stops on
+    # unexpected warnings (under load that made `report` fail now and then).
+    left.legend(loc="upper right")
     finite = claim_distances[np.isfinite(claim_distances)]
     bins = np.linspace(0, np.percentile(finite, 99.5), 60)
     right.hist(claim_distances[member], bins=bins, alpha=0.7, label="true claims")
@@ -166,7 +168,7 @@ def figure_histograms(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
         xlabel="Euclidean distance",
         ylabel="claims",
     )
-    right.legend()
+    right.legend(loc="upper right")
     return figure
 
 
@@ -199,7 +201,7 @@ def figure_roc(plt: Any, index: Any, data: ReportData, seed: int) -> Any:
         xlabel="threshold (Euclidean)",
         xlim=(0, float(np.percentile(distances[np.isfinite(distances)], 95))),
     )
-    right.legend()
+    right.legend(loc="center right")
     return figure
 
 
@@ -340,7 +342,7 @@ def figure_training(plt: Any, index: Any, data: ReportData, seed: int) -> Any | 
         xlabel="epoch",
         ylabel="loss",
     )
-    axis.legend()
+    axis.legend(loc="upper right")
     return figure
 
 
