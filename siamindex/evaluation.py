@@ -148,14 +148,16 @@ def calibrate(
     claims = Claims(rows[claims.rows], claims.classes, claims.is_member)
     queries = stored[claims.rows]
 
-    def judged(queries: np.ndarray, classes: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    def judged(
+        queries: np.ndarray, classes: np.ndarray, exclude: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Support distances, and where the rule refuses the claim whatever the threshold."""
         _, _, found = partition.nearest(queries, classes, exclude_rows=exclude, support=support)
         refused = np.zeros(len(found), bool)
         if rule == NEAREST_CLASS_RULE:
             nearer = partition.nearer_class(queries, classes, found, support, exclude_rows=exclude)
             refused = nearer >= 0
-        return np.stack([found, refused])
+        return found, refused
 
     plain, refused = judged(queries, claims.classes, claims.rows)
     classes, truth = claims.classes, claims.is_member
@@ -165,11 +167,10 @@ def calibrate(
         claimed = known[rng.integers(0, len(known), len(unlike))]
         more_plain, more_refused = judged(unlike, claimed, None)
         plain = np.concatenate([plain, more_plain])
-        refused = np.concatenate([refused, more_refused]).astype(bool)
+        refused = np.concatenate([refused, more_refused])
         classes = np.concatenate([classes, claimed])
         truth = np.concatenate([truth, np.zeros(len(unlike), bool)])
         is_unlike = np.concatenate([is_unlike, np.ones(len(unlike), bool)])
-    refused = refused.astype(bool)
     # A claim no threshold accepts stays in as "rejected" (a true one is a miss), at a distance
     # beyond every finite one; thresholds never go past the farthest finite distance.
     reachable = np.isfinite(plain)
