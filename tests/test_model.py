@@ -175,6 +175,15 @@ def test_ink_levels_keep_mnist_digits_and_drop_the_paper(mnist_test):
     assert np.asarray(layer(np.zeros_like(speck))).max() == 0
 
 
+@pytest.mark.parametrize("window", [1, 2, 6, 7])
+def test_window_max_is_stride_one_max_pooling_exactly(window):
+    from keras import ops
+
+    images = np.random.default_rng(window).normal(size=(5, 28, 20, 2)).astype(np.float32)
+    expected = np.asarray(ops.max_pool(images, window, strides=1, padding="same"))
+    assert np.array_equal(np.asarray(model.window_max(images, window)), expected)
+
+
 def test_cnn_starts_with_ink_levels_and_the_article_with_plain_rescaling():
     assert model.build_encoder("cnn").layers[1].name == "ink_levels"
     assert model.build_encoder("article-mlp").layers[1].name == "rescale"
