@@ -77,9 +77,11 @@ def exact_neighbours(stored: np.ndarray, queries: np.ndarray, k: int) -> np.ndar
     """(n, k) rows of the k nearest stored vectors, by brute-force NumPy (the reference)."""
     norms = np.einsum("ij,ij->i", stored, stored)
     out = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), 1000):
-        q = queries[start : start + 1000].astype(np.float64)
-        squared = norms[None, :] - 2 * q @ stored.T.astype(np.float64)
+    wide = stored.T.astype(np.float64)
+    chunk = max(1, min(1000, 100_000_000 // max(1, len(stored))))  # <= 0.8 GB of distances
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk].astype(np.float64)
+        squared = norms[None, :] - 2 * q @ wide
         part = np.argpartition(squared, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(squared, part, axis=1), axis=1)
         out[start : start + len(q)] = np.take_along_axis(part, order, axis=1)
