@@ -55,25 +55,31 @@ def agreement(workload, queries, found, truth_key):
 
 @pytest.mark.parametrize("name", list(peers.PEERS))
 def test_every_peer_answers_the_same_queries_as_exact_search(name, workload, tmp_path):
-    """Exact peers give the exact answer everywhere. Approximate ones at their most thorough
-    setting nearly everywhere: a graph (USearch, hnswlib) can leave a vector unreachable from the
-    entry point even when it visits as many nodes as there are, and its build is threaded, so
-    the misses seen in CI (1 in 100, then 7 in 100 positions for USearch) are the graph's, not
-    the adapter's: an adapter that mixed up ids or classes would agree on almost none."""
+    """Exact peers give the exact answer everywhere (ties aside). Approximate ones at their most
+    thorough setting find nearly all of it (recall, as the benchmark counts it): a graph
+    (USearch, hnswlib) can leave a vector unreachable from the entry point even when it visits
+    as many nodes as there are, and its build is threaded, so the misses seen in CI (1, 7 and
+    then 2 true neighbours in 100) are the graph's, not the adapter's: an adapter that mixed up
+    ids or classes would find almost none. (Counted by position, as for exact peers, one missed
+    nearest neighbour shifts the whole row: CI once saw 10 positions in 100 off that way.)"""
     setting = THOROUGH.get(name, bench_peers.SETTINGS.get(name, [None])[-1])
     peers.PEERS[name](setting).build(tmp_path / "store", workload["stored"], workload["labels"])
     peer = peers.PEERS[name](setting)
     peer.open(tmp_path / "store")
-    floor = 1.0 if peer.exact else 0.9
+
+    def answers(queries, found, truth_key):
+        assert found.shape == workload[truth_key].shape
+        if peer.exact:
+            return agreement(workload, queries, found, truth_key) == 1.0
+        return bench_peers.recall(found, workload[truth_key]) >= 0.9
+
     try:
         queries, claims = workload["queries"], workload["claim_queries"]
-        assert (
-            agreement(workload, queries, peer.batch(queries, bench_peers.K), "batch_truth") >= floor
-        )
+        assert answers(queries, peer.batch(queries, bench_peers.K), "batch_truth")
         singles = np.stack([peer.single(q, bench_peers.K) for q in queries])
-        assert agreement(workload, queries, singles, "batch_truth") >= floor
+        assert answers(queries, singles, "batch_truth")
         members = peer.members(claims, workload["claim_classes"], bench_peers.MEMBERS)
-        assert agreement(workload, claims, members, "member_truth") >= floor
+        assert answers(claims, members, "member_truth")
     finally:
         peer.close()
     assert peers.folder_bytes(tmp_path / "store") > 0
