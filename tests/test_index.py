@@ -314,16 +314,33 @@ def test_the_bundle_keeps_every_stored_images_pixels(fake_index, mnist_test, mon
     np.testing.assert_array_equal(got[1], small.images[299])
 
 
-def test_a_bundle_that_keeps_no_pixels_reads_them_from_its_dataset(tmp_path):
-    from siamindex.data import load_dataset
+def test_a_bundle_that_keeps_no_pixels_reads_them_from_its_dataset(
+    tmp_path, monkeypatch, mnist_train, mnist_test
+):
+    from conftest import write_idx_dataset
+
+    from siamindex import data
 
     shutil.copytree(OLD_BUNDLE, tmp_path / "old")
     index = Index.open(tmp_path / "old")
     assert index.store.images_file is None
+    # The fixture was built from a folder of MNIST's first 300 train images that no longer
+    # exists; a copy of it elsewhere stands in, for the path the bundle records.
+    copy = write_idx_dataset(
+        tmp_path / "data", mnist_train.subset(slice(0, 300)), mnist_test.subset(slice(0, 10))
+    )
+    asked, original = [], data.load_dataset
+
+    def load_dataset(source, split):  # type: ignore[no-untyped-def]
+        asked.append(source)
+        return original(copy, split)
+
+    monkeypatch.setattr(data, "load_dataset", load_dataset)
     (image,) = index.stored_images(np.array([7]))
+    assert asked == [index.facts.source]
     rows = index.store.rows
-    source = load_dataset(split=str(rows.split[7])).images[rows.source_index[7]]
-    np.testing.assert_array_equal(image, source)
+    np.testing.assert_array_equal(image, mnist_train.images[rows.source_index[7]])
+    assert rows.split[7] == "train"
 
 
 def test_big_ivf_indexes_search_classes_inside_the_index(
