@@ -99,6 +99,7 @@ class CheckBody(BaseModel):
     claims: list[Claim] = Field(min_length=1)
     per_class: bool = False
     nprobe: int | None = Field(None, ge=1)
+    ef_search: int | None = Field(None, ge=1)
     prepare: Prepare = "auto"
 
 
@@ -320,7 +321,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         classes = [c.class_name for c in claims]
         truth = [c.true_class for c in claims]
         current.index.class_positions(classes, truth)  # unknown classes: before decoding
-        current.index.check_nprobe(body.nprobe)
+        current.index.check_search(body.nprobe, body.ef_search)
         pixels = await images_of([c.image for c in claims], body.prepare, "claims")
         vectors = await current.batcher.submit(pixels)
         results = await asyncio.to_thread(
@@ -331,6 +332,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             [f"claims[{i}]" for i in range(len(claims))],
             truth if any(t is not None for t in truth) else None,
             body.nprobe,
+            body.ef_search,
         )
         summary = membership_summary(results)
         return envelope({"results": to_json(results), "summary": summary}, started)

@@ -46,6 +46,7 @@ class CheckSettings:
     index: str
     per_class: bool = False
     nprobe: int | None = None
+    ef_search: int | None = None
     resize: bool = False
     prepare: str = "auto"
 
@@ -97,7 +98,7 @@ class ChunkChecker:
 
         self.settings = settings
         self.index = Index.open(settings.index)
-        self.index.check_nprobe(settings.nprobe)
+        self.index.check_search(settings.nprobe, settings.ef_search)
 
     def __call__(self, chunk: Chunk) -> dict[str, np.ndarray]:
         """The chunk's answers: "row" (check's CSV line, JSON), "claimed", "member", "truth"
@@ -130,6 +131,7 @@ class ChunkChecker:
             claims.images.names,
             claims.true_classes,
             nprobe=self.settings.nprobe,
+            ef_search=self.settings.ef_search,
         )
         return {
             "row": np.array([json.dumps(check_row(r)) for r in results]),
@@ -187,10 +189,10 @@ def check_claims(
         from siamindex.index import Index
 
         # Here, once, rather than as a failure in every actor.
-        Index.open(settings.index).check_nprobe(settings.nprobe)
+        Index.open(settings.index).check_search(settings.nprobe, settings.ef_search)
         answers = cluster.check_chunks(plan_chunks(claims_file), settings, address, workers)
     else:
-        checker = ChunkChecker(settings)  # opens the index (and checks nprobe) once
+        checker = ChunkChecker(settings)  # opens the index (and checks its settings) once
         answers = local_chunks(plan_chunks(claims_file), checker)
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")

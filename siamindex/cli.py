@@ -1043,6 +1043,13 @@ def _print_query(results: Sequence[Any], output_format: str, facts: Any) -> None
     "(faster, approximate; default: exact).",
 )
 @click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="HNSW index types: the breadth of each class's graph search (higher: nearer exact, "
+    "slower; default: 16).",
+)
+@click.option(
     "--out",
     "out_file",
     type=click.Path(dir_okay=False),
@@ -1063,6 +1070,7 @@ def check(
     index_name: str,
     per_class: bool,
     nprobe: int | None,
+    ef_search: int | None,
     out_file: str | None,
     engine: str,
     address: str | None,
@@ -1094,7 +1102,7 @@ def check(
     if out_file is not None and claims_file is not None:
         from siamindex.bulk import CheckSettings, check_claims
 
-        settings = CheckSettings(index_name, per_class, nprobe, resize, prepare)
+        settings = CheckSettings(index_name, per_class, nprobe, ef_search, resize, prepare)
         done = check_claims(claims_file, out_file, settings, engine, address, workers)
         _print_bulk_check(done, output_format)
         return
@@ -1102,9 +1110,9 @@ def check(
     from siamindex.query import membership_summary
 
     index = Index.open(index_name)
-    index.check_nprobe(nprobe)  # before the images are read and embedded
+    index.check_search(nprobe, ef_search)  # before the images are read and embedded
     pixels, names, classes, truth = _claims(index, images, class_name, claims_file, resize, prepare)
-    results = index.check(pixels, classes, per_class, names, truth, not quiet, nprobe)
+    results = index.check(pixels, classes, per_class, names, truth, not quiet, nprobe, ef_search)
     _print_check(results, membership_summary(results), output_format, index.facts.rule)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from siamindex import blas, bundle, curation
-from siamindex.defaults import DEFAULT_CLASS_NPROBE, SELECTOR_FROM
+from siamindex.defaults import DEFAULT_CLASS_EF, DEFAULT_CLASS_NPROBE, SELECTOR_FROM
 from siamindex.embedding import Embedder, embed_distinct, load_embedder
 from siamindex.errors import BadSearchSetting, DataError, IncompatibleIndex
 from siamindex.facts import IndexFacts
@@ -29,7 +29,7 @@ from siamindex.query import (
     compare,
     nearest,
 )
-from siamindex.search import ClassPartition, SelectorPartition
+from siamindex.search import ClassPartition, GraphPartition, SelectorPartition
 from siamindex.store import IndexStore, Rows, image_hashes, search_parameters
 
 logger = logging.getLogger(__name__)
@@ -153,12 +153,17 @@ class Index:
     def partition(self) -> ClassPartition:
         """Class-restricted search (built on first use): exact per-class sub-indexes over the
         stored embeddings; for IVF indexes of 200,000 rows or more, the index itself with a
-        per-class id selector (approximate, no copy of the vectors)."""
+        per-class id selector (approximate, no copy of the vectors); for HNSW indexes, an HNSW
+        graph per class (approximate)."""
         if self._partition is None:
             rows = self.store.rows
             if self.store.kind == "ivf" and len(rows) >= SELECTOR_FROM:
                 self._partition = SelectorPartition(
                     self.store.index, rows.ids, rows.labels, DEFAULT_CLASS_NPROBE
+                )
+            elif self.store.kind == "hnsw":
+                self._partition = GraphPartition(
+                    self.store.index, rows.ids, rows.embeddings, rows.labels, DEFAULT_CLASS_EF
                 )
             else:
                 self._partition = ClassPartition(rows.embeddings, rows.labels)
@@ -209,23 +214,26 @@ class Index:
         true_classes: Sequence[str | None] | None = None,
         progress: bool = False,
         nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> list[MembershipResult]:
         """Answer "image i belongs to class classes[i]" for each i (one embedding pass, then
-        class-restricted search in FAISS: exact, or with ``nprobe`` IVF lists per class on an
-        index of an IVF type, which trades a little recall for speed).
+        class-restricted search in FAISS: exact; with ``nprobe`` IVF lists per class on an IVF
+        type; in an HNSW graph per class, ``ef_search`` wide (16 by default), on an HNSW type).
 
         Raises:
             DataError: a class (claimed or true) is not in the index.
-            BadSearchSetting: nprobe on an index that is not of an IVF type.
+            BadSearchSetting: nprobe or ef_search on an index of another type.
         """
-        self.check_nprobe(nprobe)
+        self.check_search(nprobe, ef_search)
         if len(classes) != len(images):
             raise DataError(
                 f"{len(images)} images but {len(classes)} classes; give one class per image."
             )
         self.class_positions(classes, true_classes)  # unknown classes fail before the slow part
         vectors = self.embed(images, progress=progress)
-        return self.check_vectors(vectors, classes, per_class, names, true_classes, nprobe)
+        return self.check_vectors(
+            vectors, classes, per_class, names, true_classes, nprobe, ef_search
+        )
 
     def check_vectors(
         self,
@@ -235,27 +243,30 @@ class Index:
         names: Sequence[str] | None = None,
         true_classes: Sequence[str | None] | None = None,
         nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> list[MembershipResult]:
         """``check`` for images already embedded with this index's encoder ((n, d) float32)."""
-        self.check_nprobe(nprobe)
+        self.check_search(nprobe, ef_search)
         if len(classes) != len(vectors):
             raise DataError(
                 f"{len(vectors)} images but {len(classes)} classes; give one class per image."
             )
         claimed, truth = self.class_positions(classes, true_classes)
         names = list(names) if names is not None else [str(i) for i in range(len(vectors))]
+        partition = self.partition
+        if ef_search is not None and isinstance(partition, GraphPartition):
+            partition = partition.tuned(ef_search)
         return check_membership(
-            self.store, self.partition, vectors, names, claimed, per_class, truth, nprobe
+            self.store, partition, vectors, names, claimed, per_class, truth, nprobe
         )
 
-    def check_nprobe(self, nprobe: int | None) -> None:
-        """Raises BadSearchSetting unless nprobe is None, or >= 1 on an index of an IVF type
-        (whose membership checks then search an IVF index per class)."""
-        if nprobe is None:
-            return
-        if nprobe < 1:
-            raise BadSearchSetting(f"nprobe must be at least 1; got {nprobe}.")
-        search_parameters(self.store.index, nprobe, None, self.facts.index_type)
+    def check_search(self, nprobe: int | None, ef_search: int | None = None) -> None:
+        """Raises BadSearchSetting unless each setting is None, or >= 1 on an index of its type
+        (nprobe: IVF, an IVF index per class; ef_search: HNSW, each class graph's breadth)."""
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and value < 1:
+                raise BadSearchSetting(f"{name} must be at least 1; got {value}.")
+        search_parameters(self.store.index, nprobe, ef_search, self.facts.index_type)
 
     def check_k(self, k: int) -> None:
         """Raises DataError unless 1 <= k <= the index size."""

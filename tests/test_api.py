@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -206,6 +207,8 @@ def test_audit_and_relabel_over_http(tiny_index):
         ("check", {"claims": [{"image": REF0, "class": "eleven"}]}, 422, "Unknown class 'eleven'"),
         ("check", {"claims": [{"image": REF0}]}, 422, "claims.0.class: Field required"),
         ("check", {"claims": [{"image": REF0, "class": "7"}], "nprobe": 2}, 422, "nprobe applies"),
+        ("check", {"claims": [{"image": REF0, "class": "7"}], "ef_search": 8}, 422, "ef_search ap"),
+        ("check", {"claims": [{"image": REF0, "class": "7"}], "ef_search": 0}, 422, "or equal to"),
         ("compare", {"first": {"ref": "mnist:test:0"}}, 422, "second: Field required"),
         ("nothere", {}, 404, "No route POST /v1/indexes/idx/nothere"),
     ],
@@ -339,6 +342,33 @@ def test_check_with_nprobe_on_an_ivf_index_equals_the_library(tmp_path, small_id
         want = index.check_vectors(vectors, ["3"] * 40, nprobe=nprobe)
         np.testing.assert_allclose(got[nprobe], [r.support_distance for r in want], rtol=1e-4)
     assert got[1] != got[None]  # one list of each class's IVF index: really approximate
+
+
+def test_check_with_ef_search_on_an_hnsw_index_searches_its_class_graphs(
+    tmp_path, small_idx_dir, mnist_test
+):
+    from conftest import TINY_ENCODER
+
+    from siamindex.build import BuildSettings, build_index
+
+    path = tmp_path / "hnsw"
+    settings = BuildSettings(
+        encoder=TINY_ENCODER, index=path, data_dir=small_idx_dir, splits=("train",), progress=False
+    )
+    build_index(replace(settings, index_type="HNSW8"))
+    build_index(replace(settings, index=tmp_path / "flat"))
+    claims = [{"image": {"ref": f"mnist:test:{i}"}, "class": "3"} for i in range(200)]
+    got = {}
+    with _client(path) as client:
+        for ef in (1, 400):
+            reply = client.post("/v1/indexes/hnsw/check", json={"claims": claims, "ef_search": ef})
+            assert reply.status_code == 200, reply.text
+            got[ef] = np.array([r["support_distance"] for r in reply.json()["result"]["results"]])
+    flat = Index.open(tmp_path / "flat")
+    exact = flat.check_vectors(flat.embed(mnist_test.images[:200]), ["3"] * 200)
+    want = np.array([r.support_distance for r in exact])
+    np.testing.assert_allclose(got[400], want, rtol=1e-5)  # wider than any class: exact
+    assert np.all(got[1] >= want - 1e-5) and np.any(got[1] > want + 1e-5)
 
 
 def _fresh(method: str, url: str, **kwargs) -> httpx.Response:

@@ -255,6 +255,37 @@ def test_train_align_scales_the_output_and_no_align_does_not(tmp_path, small_idx
     )
 
 
+def test_check_ef_search_searches_a_graph_per_class_of_an_hnsw_index(tmp_path, small_idx_dir):
+    path = tmp_path / "hnsw"
+    index = _build(path, small_idx_dir, "--index-type", "HNSW8")
+    assert type(index.partition).__name__ == "GraphPartition"
+
+    def answers(*extra: str) -> list[dict]:
+        args = ("check", "--class", "3", "mnist:test:0-299", "--index", str(path))
+        out = json.loads(_run(*args, "--format", "json", "-q", *extra))
+        return out["results"]
+
+    flat = tmp_path / "flat"
+    _build(flat, small_idx_dir)  # the same vectors, searched exactly
+    exact = answers("--index", str(flat))
+    # Wider than any class (about 100 members each): the exact answers, vote included.
+    wide = answers("--ef-search", "400")
+    for got, want in zip(wide, exact, strict=True):
+        assert got["is_member"] == want["is_member"] and got["nearer_class"] == want["nearer_class"]
+        assert got["support_distance"] == pytest.approx(want["support_distance"], rel=1e-5)
+    # The default breadth (16) answers from the same graphs without an error.
+    assert len(answers()) == 300
+
+    for extra, message in (
+        (("--index", str(flat), "--ef-search", "8"), "ef_search applies to HNSW index types"),
+        (("--nprobe", "2", "--ef-search", "8"), "Give nprobe (IVF index types) or ef_search"),
+    ):
+        args = ["check", "--class", "3", "mnist:test:0", "--index", str(path), *extra]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output.strip().splitlines()[-1]
+
+
 def test_check_nprobe_searches_an_ivf_index_per_class(tmp_path, small_idx_dir):
     path = tmp_path / "idx"
     index = _build(path, small_idx_dir, "--index-type", "IVF8,Flat")

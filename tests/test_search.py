@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import brute_force
 
-from siamindex.search import ClassPartition, SelectorPartition, exact_search
+from siamindex.search import ClassPartition, GraphPartition, SelectorPartition, exact_search
 
 
 def test_exact_search_matches_numpy(vectors):
@@ -202,3 +202,47 @@ def test_nearer_class_names_a_class_with_support_members_nearer_than_the_claimed
     found = partition.nearer_class(stored[own], labels[own], kth, support=2, exclude_rows=own)
     want = _nearer_class_by_numpy(stored, labels, stored[own], labels[own], kth, 2, own)
     assert [f in w if w else f == -1 for f, w in zip(found, want, strict=True)] == [True] * 40
+
+
+def _hnsw_with_gaps(vectors: np.ndarray):
+    """An IDMap2 HNSW16 index whose ids skip some numbers (as after `remove`)."""
+    import faiss
+
+    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 7
+    index = faiss.index_factory(vectors.shape[1], "IDMap2,HNSW16")
+    index.add_with_ids(vectors, ids)
+    return index, ids
+
+
+def test_graph_partition_searching_wide_equals_exact_and_narrow_finds_farther_members():
+    rng = np.random.default_rng(5)
+    stored = rng.normal(size=(3000, 12)).astype(np.float32)
+    labels = rng.integers(0, 4, len(stored))
+    queries = rng.normal(size=(300, 12)).astype(np.float32)
+    claimed = rng.integers(0, 4, len(queries))
+    index, ids = _hnsw_with_gaps(stored)
+    graphs = GraphPartition(index, ids, stored, labels, ef_search=1000)  # wider than any class
+    exact = ClassPartition(stored, labels)
+    for got, want in zip(
+        graphs.nearest(queries, claimed, support=3),
+        exact.nearest(queries, claimed, support=3),
+        strict=True,
+    ):
+        assert np.allclose(got, want, atol=1e-4)
+    own = np.arange(0, 3000, 15)
+    got = graphs.nearest(stored[own], labels[own], exclude_rows=own, support=2)
+    want = exact.nearest(stored[own], labels[own], exclude_rows=own, support=2)
+    assert np.array_equal(got[1], want[1]) and np.allclose(got[2], want[2], atol=1e-4)
+    # The nearer class, found in the index's own graph (whose ids are not rows).
+    _, _, kth = exact.nearest(queries, claimed, support=3)
+    want = exact.nearer_class(queries, claimed, kth, support=3)
+    assert np.array_equal(graphs.nearer_class(queries, claimed, kth, support=3), want)
+    assert (want >= 0).any() and (want < 0).any()
+    # Narrow: a copy that shares the graphs; only members, never nearer than exact, some farther.
+    narrow = graphs.tuned(3)
+    assert graphs.ef_search == 1000 and narrow._graphs is graphs._graphs
+    distances, rows = narrow.search(queries, claimed, k=3)
+    assert (labels[rows] == claimed[:, None]).all()
+    exact_distances, _ = exact.search(queries, claimed, k=3)
+    assert np.all(distances >= exact_distances - 1e-5)
+    assert np.any(distances > exact_distances + 1e-5)

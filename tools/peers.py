@@ -19,6 +19,7 @@ installed raises ``PeerMissing`` with the reason.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ class SiamIndex(Peer):
         from siamindex.store import IndexStore
 
         self.store = IndexStore.read(folder)
+        self.folder = folder
         self._partition: Any = None
 
     @property
@@ -147,15 +149,37 @@ class SiamIndexIVF(SiamIndex):
 
 
 class SiamIndexHNSW(SiamIndex):
-    """An HNSW bundle: queries in its HNSW32 graph; membership exact (per-class flat)."""
+    """An HNSW bundle: queries in its HNSW32 graph; membership in an HNSW graph per class
+    (``check --ef-search``, ``GraphPartition``), both with the same ef_search."""
 
     name = "siamindex HNSW32"
     index_type = "HNSW32"
     exact = False
     knob = "ef_search"
+    # The class graphs are built when a bundle is first opened for membership (they are not
+    # stored in it): once per folder and run, however many settings are tried.
+    _graphs: dict[str, tuple[Any, float]] = {}
 
     def _knobs(self) -> dict[str, int]:
         return {"ef_search": int(self.setting or 16)}
+
+    @property
+    def partition(self) -> Any:
+        from siamindex.search import GraphPartition
+
+        key = str(self.folder)
+        if key not in self._graphs:
+            started = time.perf_counter()
+            rows = self.store.rows
+            graphs = GraphPartition(self.store.index, rows.ids, rows.embeddings, rows.labels, 16)
+            self._graphs[key] = (graphs, time.perf_counter() - started)
+        return self._graphs[key][0].tuned(self._knobs()["ef_search"])
+
+    @property
+    def partition_seconds(self) -> float | None:
+        """Seconds the class graphs took to build, once they have been."""
+        built = self._graphs.get(str(self.folder))
+        return None if built is None else built[1]
 
 
 # -- hnswlib and USearch: one HNSW graph for queries, one per class for membership ------------
