@@ -43,8 +43,9 @@ FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.h5"
 MANIFEST_FILE = "manifest.json"
 TRAINING_FILE = "training.json"
+CLASS_GRAPHS_FILE = "classes.h5"  # HNSW index types: a graph per class (siamindex.graphs)
 BUNDLE_FILES = (ENCODER_FILE, FAISS_FILE, METADATA_FILE)
-OPTIONAL_FILES = (TRAINING_FILE,)
+OPTIONAL_FILES = (TRAINING_FILE, CLASS_GRAPHS_FILE)
 PARTIAL_SUFFIX = ".partial"
 REBUILD = "rebuild it with `siamindex build-index --force`"
 

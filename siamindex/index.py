@@ -153,8 +153,7 @@ class Index:
     def partition(self) -> ClassPartition:
         """Class-restricted search (built on first use): exact per-class sub-indexes over the
         stored embeddings; for IVF indexes of 200,000 rows or more, the index itself with a
-        per-class id selector (approximate, no copy of the vectors); for HNSW indexes, an HNSW
-        graph per class (approximate)."""
+        per-class id selector; for HNSW indexes, the bundle's graph per class (approximate)."""
         if self._partition is None:
             rows = self.store.rows
             if self.store.kind == "ivf" and len(rows) >= SELECTOR_FROM:
@@ -162,8 +161,9 @@ class Index:
                     self.store.index, rows.ids, rows.labels, DEFAULT_CLASS_NPROBE
                 )
             elif self.store.kind == "hnsw":
+                graphs = self.store.class_graph_map
                 self._partition = GraphPartition(
-                    self.store.index, rows.ids, rows.embeddings, rows.labels, DEFAULT_CLASS_EF
+                    self.store.index, rows.ids, rows.labels, graphs, DEFAULT_CLASS_EF
                 )
             else:
                 self._partition = ClassPartition(rows.embeddings, rows.labels)

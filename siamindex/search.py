@@ -375,15 +375,15 @@ class GraphPartition(ClassPartition):
 
     ``ClassPartition`` scans every member of a class for each claim, which at a million stored
     vectors (100,000 per class) costs milliseconds a claim. Here each class has its own FAISS
-    HNSW graph over its members (the index's own M, built when the partition is made) and the
-    unrestricted search of the nearest-class rule walks the index's own graph, both with
-    ``ef_search`` breadth: approximate, like every search of an HNSW index.
+    HNSW graph over its members (``siamindex.graphs``: kept in the bundle) and the unrestricted
+    search of the nearest-class rule walks the index's own graph, both ``ef_search`` wide:
+    approximate, like every search of an HNSW index.
 
     Args:
         index: the FAISS index of an HNSW type, in an id map whose ids are ``ids``.
         ids: (m,) int64 stored ids, increasing; row r holds id ids[r].
-        vectors: (m, d) float32 stored vectors.
         labels: (m,) class of each row.
+        graphs: class -> its graph, whose i-th vector is the class's i-th row.
         ef_search: search breadth (``tuned`` gives a copy with another).
     """
 
@@ -391,26 +391,15 @@ class GraphPartition(ClassPartition):
         self,
         index: Any,
         ids: np.ndarray,
-        vectors: np.ndarray,
         labels: np.ndarray,
+        graphs: dict[int, Any],
         ef_search: int,
     ) -> None:
-        import faiss
-
         labels = np.asarray(labels)
-        self._index, self._ids = index, np.asarray(ids)
+        self._index, self._ids, self._graphs = index, np.asarray(ids), graphs
         self.ef_search = ef_search
         self.labels = labels
-        inner: Any = faiss.downcast_index(index.index)
-        width = inner.hnsw.nb_neighbors(1)  # the index's M
-        self.rows = {}
-        self._graphs: dict[int, Any] = {}
-        for label in np.unique(labels):
-            rows = np.flatnonzero(labels == label)
-            self.rows[int(label)] = rows
-            graph = faiss.IndexHNSWFlat(vectors.shape[1], int(width))
-            graph.add(np.ascontiguousarray(vectors[rows], dtype=np.float32))
-            self._graphs[int(label)] = graph
+        self.rows = {int(label): np.flatnonzero(labels == label) for label in np.unique(labels)}
 
     def tuned(self, ef_search: int) -> GraphPartition:
         """The same graphs searched with another breadth (for one call's setting)."""

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from siamindex import graphs
 from siamindex.bundle import (
+    CLASS_GRAPHS_FILE,
     FAISS_FILE,
     KNOWN_FORMAT_VERSIONS,
     METADATA_FILE,
@@ -186,6 +188,8 @@ class IndexStore:
         manifest: the bundle's verified manifest, when read from disk.
         images_file: the metadata file that holds the stored images' pixels, which are read
             only when asked for (``image_rows``, ``with_images``); None when it holds none.
+        class_graphs: HNSW index types: the graph per class read or kept up to date so far
+            (``class_graph_map`` completes it); None when there are none yet.
     """
 
     index: Any
@@ -196,6 +200,7 @@ class IndexStore:
     probability: np.ndarray | None = None
     manifest: dict[str, Any] | None = None
     images_file: Path | None = None
+    class_graphs: graphs.Graphs | None = None
 
     def with_images(self) -> IndexStore:
         """A copy with every stored image's pixels in memory (writers need them all)."""
@@ -225,6 +230,13 @@ class IndexStore:
     def kind(self) -> str:
         """``index_kind`` of the FAISS index, looked up once (a copy looks it up again)."""
         return index_kind(self.index)
+
+    @functools.cached_property
+    def class_graph_map(self) -> graphs.Graphs:
+        """HNSW index types: an HNSW graph per stored class (``graphs``), those the store lacks
+        built once, with the index's own M."""
+        m = graphs.width(self.index)
+        return graphs.complete(self.class_graphs, self.rows.embeddings, self.rows.labels, m)
 
     @functools.cached_property
     def class_counts(self) -> np.ndarray:
@@ -305,13 +317,17 @@ class IndexStore:
         index = faiss.clone_index(self.index)
         index.add_with_ids(np.ascontiguousarray(new.embeddings, dtype=np.float32), new.ids)
         facts = replace(self.facts, next_id=start + len(new))
-        return replace(self, index=index, rows=self.rows.concat(new), facts=facts)
+        added = graphs.extended(self.class_graphs, new.embeddings, new.labels)
+        return replace(
+            self, index=index, rows=self.rows.concat(new), facts=facts, class_graphs=added
+        )
 
     def relabel(self, rows: np.ndarray, label: int) -> IndexStore:
         """A copy with the given row positions labelled ``label`` (vectors and ids unchanged)."""
         labels = self.rows.labels.copy()
+        changed = graphs.without(self.class_graphs, [*labels[np.asarray(rows, np.int64)], label])
         labels[np.asarray(rows, dtype=np.int64)] = label
-        return replace(self, rows=replace(self.rows, labels=labels))
+        return replace(self, rows=replace(self.rows, labels=labels), class_graphs=changed)
 
     def remove(self, ids: np.ndarray) -> IndexStore:
         """A copy without the given ids (which must be stored). Other ids do not change."""
@@ -328,16 +344,20 @@ class IndexStore:
             index = build_faiss_index(
                 remaining.embeddings, remaining.ids, self.facts.index_type, seed=0
             )
-        return replace(self, index=index, rows=remaining)
+        kept = graphs.without(self.class_graphs, self.rows.labels[rows])
+        return replace(self, index=index, rows=remaining, class_graphs=kept)
 
     # -- files -------------------------------------------------------------------------------
 
     def write(self, folder: Path) -> None:
-        """Write ``index.faiss`` and ``metadata.h5`` into ``folder`` (which must exist)."""
+        """Write ``index.faiss`` and ``metadata.h5`` (and, for HNSW types, ``classes.h5``) into
+        ``folder`` (which must exist)."""
         import faiss
         import h5py
 
         faiss.write_index(self.index, str(folder / FAISS_FILE))
+        if self.kind == "hnsw":
+            graphs.write(folder / CLASS_GRAPHS_FILE, self.class_graph_map)
         with h5py.File(folder / METADATA_FILE, "w") as handle:
             write_rows(handle, len(self.rows), self.embedding_dim, self.rows.images is not None)(
                 0, {field: getattr(self.rows, field) for field in _ROW_FIELDS}, self.rows.images
@@ -390,7 +410,12 @@ class IndexStore:
                 "`siamindex build-index --encoder PATH --force`."
             )
         images_file = folder / METADATA_FILE if has_images else None
-        return cls(index, rows, class_names, thresholds, facts, probability, manifest, images_file)
+        graphs_file = folder / CLASS_GRAPHS_FILE  # verified when the manifest lists it
+        class_graphs = graphs.read(graphs_file) if graphs_file.is_file() else None
+        return cls(
+            index, rows, class_names, thresholds, facts, probability, manifest, images_file,
+            class_graphs,
+        )  # fmt: skip
 
 
 def _read_metadata(

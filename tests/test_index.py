@@ -343,6 +343,61 @@ def test_a_bundle_that_keeps_no_pixels_reads_them_from_its_dataset(
     assert rows.split[7] == "train"
 
 
+def test_hnsw_bundles_keep_a_graph_per_class_up_to_date_through_every_write(
+    tmp_path, small_idx_dir, fake_encoder, mnist_test, fake_index
+):
+    from fakes import fake_encoder_file
+
+    from siamindex import graphs
+    from siamindex.build import BuildSettings, build_index
+    from siamindex.bundle import CLASS_GRAPHS_FILE, read_manifest
+    from siamindex.search import GraphPartition
+
+    path = tmp_path / "hnsw"
+    settings = BuildSettings(
+        encoder=fake_encoder_file(tmp_path), index=path, data_dir=small_idx_dir, progress=False
+    )
+    build_index(replace(settings, index_type="HNSW16"), embed=fake_encoder)
+
+    def opened() -> Index:
+        index = Index.open(path, embed=fake_encoder)
+        assert CLASS_GRAPHS_FILE in read_manifest(index.folder)["files"]  # verified with the rest
+        kept = index.store.class_graphs
+        assert kept is not None  # read from the bundle, not built again
+        assert index.store.class_graph_map == kept
+        counts = np.bincount(index.store.rows.labels)
+        assert {label: g.ntotal for label, g in kept.items()} == {
+            label: int(n) for label, n in enumerate(counts) if n
+        }
+        assert isinstance(index.partition, GraphPartition)
+        return index
+
+    def members_found(index: Index, images: np.ndarray, class_name: str) -> np.ndarray:
+        results = index.check_vectors(
+            index.embed(images), [class_name] * len(images), ef_search=400
+        )
+        return np.array([r.distance for r in results])
+
+    index = opened()
+    images = mnist_test.images[:3]
+    new_ids = index.add(images, "3")
+    index = opened()
+    assert np.all(members_found(index, images, "3") < 1e-5)  # each finds itself in class 3
+    index.relabel(new_ids[:1], "5")
+    index = opened()
+    assert members_found(index, images[:1], "5")[0] < 1e-5
+    assert members_found(index, images[:1], "3")[0] > 1e-5
+    index.remove(new_ids)
+    index = opened()
+    assert np.all(members_found(index, images, "3") > 1e-5)
+    # The graphs' M is the index's; a flat bundle has none; a damaged graph file is caught.
+    assert graphs.width(index.store.index) == 16
+    assert not (fake_index.folder / CLASS_GRAPHS_FILE).exists()
+    (index.folder / CLASS_GRAPHS_FILE).write_bytes(b"damaged")
+    with pytest.raises(IncompatibleIndex, match="classes.h5"):
+        Index.open(path, embed=fake_encoder)
+
+
 def test_big_ivf_indexes_search_classes_inside_the_index(
     tmp_path, small_idx_dir, fake_encoder, monkeypatch
 ):

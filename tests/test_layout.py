@@ -46,7 +46,8 @@ ALLOWED = {
     "evaluation": {"data", "defaults", "metrics", "pairs", "search"},
     "bundle": {"data", "defaults", "errors"},
     "metadata": {"bundle", "facts"},
-    "store": {"bundle", "errors", "facts", "metadata", "search"},
+    "graphs": {"bundle", "errors"},
+    "store": {"bundle", "errors", "facts", "graphs", "metadata", "search"},
     "shards": {"augmented", "data", "errors", "exposure", "shardfiles", "store"},
     "cluster": {"build", "bulk", "embedding", "errors", "shards"},  # Ray lives here only
     "bulk": {"cluster", "errors", "index", "inputs", "query"},

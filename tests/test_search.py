@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from conftest import brute_force
 
+from siamindex import graphs
 from siamindex.search import ClassPartition, GraphPartition, SelectorPartition, exact_search
 
 
@@ -221,26 +222,27 @@ def test_graph_partition_searching_wide_equals_exact_and_narrow_finds_farther_me
     queries = rng.normal(size=(300, 12)).astype(np.float32)
     claimed = rng.integers(0, 4, len(queries))
     index, ids = _hnsw_with_gaps(stored)
-    graphs = GraphPartition(index, ids, stored, labels, ef_search=1000)  # wider than any class
+    built = {c: graphs.build(stored[labels == c], 16) for c in range(4)}
+    graphs_ = GraphPartition(index, ids, labels, built, ef_search=1000)  # wider than any class
     exact = ClassPartition(stored, labels)
     for got, want in zip(
-        graphs.nearest(queries, claimed, support=3),
+        graphs_.nearest(queries, claimed, support=3),
         exact.nearest(queries, claimed, support=3),
         strict=True,
     ):
         assert np.allclose(got, want, atol=1e-4)
     own = np.arange(0, 3000, 15)
-    got = graphs.nearest(stored[own], labels[own], exclude_rows=own, support=2)
+    got = graphs_.nearest(stored[own], labels[own], exclude_rows=own, support=2)
     want = exact.nearest(stored[own], labels[own], exclude_rows=own, support=2)
     assert np.array_equal(got[1], want[1]) and np.allclose(got[2], want[2], atol=1e-4)
     # The nearer class, found in the index's own graph (whose ids are not rows).
     _, _, kth = exact.nearest(queries, claimed, support=3)
     want = exact.nearer_class(queries, claimed, kth, support=3)
-    assert np.array_equal(graphs.nearer_class(queries, claimed, kth, support=3), want)
+    assert np.array_equal(graphs_.nearer_class(queries, claimed, kth, support=3), want)
     assert (want >= 0).any() and (want < 0).any()
     # Narrow: a copy that shares the graphs; only members, never nearer than exact, some farther.
-    narrow = graphs.tuned(3)
-    assert graphs.ef_search == 1000 and narrow._graphs is graphs._graphs
+    narrow = graphs_.tuned(3)
+    assert graphs_.ef_search == 1000 and narrow._graphs is graphs_._graphs
     distances, rows = narrow.search(queries, claimed, k=3)
     assert (labels[rows] == claimed[:, None]).all()
     exact_distances, _ = exact.search(queries, claimed, k=3)

@@ -242,8 +242,8 @@ def measure(name: str, work: Path, data: dict[str, np.ndarray], args: argparse.N
     built = getattr(peer, "partition_seconds", None)
     if built is not None:
         row.notes.append(
-            f"membership: class graphs built in {built:.1f} s on first use (not stored in the "
-            "bundle; not in the build column)"
+            f"membership: class graphs read in {built:.1f} s on first use (kept in the bundle; "
+            "built with it, in the build column)"
         )
     count = within_budget(
         lambda n: peer.members(claims_q[:n], claims_c[:n], MEMBERS), len(claims_q), args.budget

@@ -156,8 +156,8 @@ class SiamIndexHNSW(SiamIndex):
     index_type = "HNSW32"
     exact = False
     knob = "ef_search"
-    # The class graphs are built when a bundle is first opened for membership (they are not
-    # stored in it): once per folder and run, however many settings are tried.
+    # The class graphs are read from the bundle when it is first opened for membership: once
+    # per folder and run, however many settings are tried.
     _graphs: dict[str, tuple[Any, float]] = {}
 
     def _knobs(self) -> dict[str, int]:
@@ -170,8 +170,8 @@ class SiamIndexHNSW(SiamIndex):
         key = str(self.folder)
         if key not in self._graphs:
             started = time.perf_counter()
-            rows = self.store.rows
-            graphs = GraphPartition(self.store.index, rows.ids, rows.embeddings, rows.labels, 16)
+            rows, built = self.store.rows, self.store.class_graph_map
+            graphs = GraphPartition(self.store.index, rows.ids, rows.labels, built, 16)
             self._graphs[key] = (graphs, time.perf_counter() - started)
         return self._graphs[key][0].tuned(self._knobs()["ef_search"])
 
