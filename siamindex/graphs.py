@@ -56,6 +56,18 @@ def complete(graphs: Graphs | None, vectors: np.ndarray, labels: np.ndarray, m: 
     return out
 
 
+def add_to(graphs: Graphs, vectors: np.ndarray, labels: np.ndarray, m: int) -> None:
+    """Append rows (n, d) ``vectors`` of classes ``labels`` to their classes' graphs in place
+    (graphs no reader has yet, as a streamed build's), starting a graph for a new class."""
+    labels = np.asarray(labels)
+    for label in np.unique(labels):
+        members = vectors[labels == label]
+        if int(label) in graphs:
+            graphs[int(label)].add(np.ascontiguousarray(members, dtype=np.float32))
+        else:
+            graphs[int(label)] = build(members, m)
+
+
 def extended(graphs: Graphs | None, vectors: np.ndarray, labels: np.ndarray) -> Graphs | None:
     """The graphs after rows (n, d) ``vectors`` of classes ``labels`` are appended to the store:
     each class's new members added to a copy of its graph (a class without a graph gets none
@@ -64,14 +76,11 @@ def extended(graphs: Graphs | None, vectors: np.ndarray, labels: np.ndarray) -> 
         return None
     import faiss
 
-    out = dict(graphs)
     labels = np.asarray(labels)
-    for label in np.unique(labels):
-        if int(label) in out:
-            graph = faiss.clone_index(out[int(label)])
-            graph.add(np.ascontiguousarray(vectors[labels == label], dtype=np.float32))
-            out[int(label)] = graph
-    return out
+    have = np.isin(labels, list(graphs))
+    out = {label: faiss.clone_index(graphs[label]) for label in np.unique(labels[have])}
+    add_to(out, vectors[have], labels[have], 0)  # every class here has its graph: m unused
+    return {**graphs, **out}
 
 
 def without(graphs: Graphs | None, labels: np.ndarray | list[Any]) -> Graphs | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from siamindex import augmented, bundle, shards
+from siamindex import augmented, bundle, graphs, shards
 from siamindex.build import (
     OPEN_SET_SEED,
     BuildSettings,
@@ -44,7 +44,7 @@ from siamindex.embedding import Embedder, embed_in_chunks, load_embedder
 from siamindex.errors import BadIndexType, DataError
 from siamindex.index import Index
 from siamindex.metadata import write_header, write_rows
-from siamindex.store import TRAINING_SAMPLE, new_faiss_index
+from siamindex.store import TRAINING_SAMPLE, index_kind, new_faiss_index
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def build_streamed(settings: BuildSettings) -> tuple[Index, Phases]:
             ),
             force=settings.force,
         )
-        writer.index = None  # published: free the FAISS index before the bundle is opened
+        writer.index = writer.graphs = None  # published: free them before the bundle is opened
     logger.info("built %s: %s", path, phases.seconds)
     return Index.open(path), phases
 
@@ -138,6 +138,9 @@ class _StreamWriter:
         self.unlike: np.ndarray | None = None
         self.stored = 0
         self.worker_peaks: dict[str, float] = {}
+        self.graphs: graphs.Graphs | None = (
+            None  # HNSW types: a graph per class, filled as rows come
+        )
 
     def write(self, folder: Path, embedded: Iterator[shards.Columns]) -> None:
         import faiss
@@ -157,11 +160,15 @@ class _StreamWriter:
                     dim = int(columns["embeddings"].shape[1])
                     write = write_rows(handle, self.planned.count, dim, images=True)
                     self.index = new_faiss_index(dim, self.settings.index_type)
+                    self.graphs = {} if index_kind(self.index) == "hnsw" else None
                 adding = time.perf_counter()
                 self._expect(columns["ids"])
                 write(int(columns["ids"][0]), columns, columns["images"])
                 self._fingerprint(columns)
                 self._add(columns["embeddings"], columns["ids"])
+                if self.graphs is not None:
+                    m = graphs.width(self.index)
+                    graphs.add_to(self.graphs, columns["embeddings"], columns["labels"], m)
                 self._tick("add", adding)
                 started = time.perf_counter()
             if write is None or self.stored != self.planned.count:
@@ -177,6 +184,8 @@ class _StreamWriter:
                 self._calibrate(handle, dim)
         with self.phases("write index"):
             faiss.write_index(self.index, str(folder / bundle.FAISS_FILE))
+            if self.graphs is not None:
+                graphs.write(folder / bundle.CLASS_GRAPHS_FILE, self.graphs)
 
     def _tick(self, phase: str, started: float) -> None:
         seconds = self.phases.seconds

@@ -57,6 +57,7 @@ ALLOWED = {
         "bundle",
         "cluster",
         "embedding",
+        "graphs",
         "errors",
         "index",
         "metadata",

@@ -72,6 +72,35 @@ def test_an_ivf_type_is_trained_on_the_first_shards_then_filled(tmp_path):
     assert np.array_equal(found, np.arange(200))  # every stored vector finds itself
 
 
+def test_an_hnsw_type_streams_its_class_graphs_into_the_bundle(tmp_path, small_idx_dir):
+    from siamindex.bundle import CLASS_GRAPHS_FILE
+
+    settings = BuildSettings(
+        encoder=TINY_ENCODER,
+        index=tmp_path / "whole",
+        data_dir=small_idx_dir,
+        index_type="HNSW16",
+        progress=False,
+    )
+    whole, _ = build_index(settings)
+    streamed, _ = scale.build_streamed(
+        BuildSettings(**{**settings.__dict__, "index": tmp_path / "streamed"})
+    )
+    assert (streamed.folder / CLASS_GRAPHS_FILE).is_file()
+    kept = streamed.store.class_graphs
+    assert kept is not None and sorted(kept) == sorted(whole.store.class_graphs or {})
+    vectors, labels = streamed.store.rows.embeddings, streamed.store.rows.labels
+    for label, graph in kept.items():
+        members = vectors[labels == label]
+        assert graph.ntotal == len(members)
+        # Member i is the class's i-th row, as in the in-memory build's graphs.
+        assert np.array_equal(graph.reconstruct_n(0, graph.ntotal), members)
+    claimed = [whole.store.class_names[label] for label in (labels[:50] + 1) % 10]
+    got = streamed.check_vectors(vectors[:50], claimed, ef_search=200)
+    want = whole.check_vectors(vectors[:50], claimed, ef_search=200)
+    assert [r.is_member for r in got] == [r.is_member for r in want]
+
+
 def test_an_engine_that_stops_short_publishes_nothing(tmp_path, small_idx_dir, monkeypatch):
     target = tmp_path / "idx"
     settings = BuildSettings(
