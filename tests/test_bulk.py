@@ -118,3 +118,40 @@ def test_an_empty_claims_file_gets_one_line(tmp_path, tiny_index):
     )
     assert result.exit_code == 1 and "has a header but no claims" in result.output
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_chunked_check_passes_ef_search_to_each_chunk(
+    tmp_path, small_idx_dir, mnist_test, tiny_index
+):
+    from conftest import TINY_ENCODER
+
+    from siamindex.build import BuildSettings, build_index
+
+    index = tmp_path / "hnsw"
+    build_index(
+        BuildSettings(
+            encoder=TINY_ENCODER,
+            index=index,
+            data_dir=small_idx_dir,
+            splits=("train",),
+            index_type="HNSW8",
+            progress=False,
+        )
+    )
+    path = write_claims(tmp_path / "claims.csv", mnist_test, 150)
+    runner = CliRunner()
+    base = ["check", "--claims", str(path), "--index", str(index), "-q"]
+    answers = {}
+    for ef in ("1", "400"):
+        whole = runner.invoke(cli, [*base, "--format", "csv", "--ef-search", ef])
+        assert whole.exit_code == 0, whole.output
+        out = tmp_path / f"answers-{ef}.csv"
+        chunked = runner.invoke(cli, [*base, "--out", str(out), "--ef-search", ef])
+        assert chunked.exit_code == 0, chunked.output
+        assert out.read_text() == whole.stdout
+        answers[ef] = whole.stdout
+    assert answers["1"] != answers["400"]  # the setting reached the search
+    out = ["--out", str(tmp_path / "x.csv"), "--ef-search", "8"]
+    flat = runner.invoke(cli, ["check", "--claims", str(path), "--index", str(tiny_index), *out])
+    assert flat.exit_code == 2 and "ef_search applies to HNSW" in flat.output
+    assert not (tmp_path / "x.csv").exists()
