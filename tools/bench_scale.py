@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchlib import blas_kernels, markdown_table
 
-from siamindex.defaults import DEFAULT_CLASS_NPROBE, SELECTOR_FROM
+from siamindex.defaults import DEFAULT_CLASS_EF, DEFAULT_CLASS_NPROBE, SELECTOR_FROM
 
 ONE_BUILD = """
 import json, os, sys, time
@@ -58,18 +58,21 @@ from siamindex.data import load_dataset
 from siamindex.index import Index
 from siamindex.metrics import classification_summary
 from siamindex.search import exact_search, flat_index
-index_name, nprobes = sys.argv[1], [int(n) for n in sys.argv[2].split(",")]
+index_name = sys.argv[1]
 index = Index.open(index_name)
+knob = {"ivf": "nprobe", "hnsw": "ef_search"}.get(index.store.kind)
+settings = [int(n) for n in sys.argv[2 if knob == "nprobe" else 3].split(",")]
 test = load_dataset(None, "test")
 vectors = index.embed(test.images)
 out = {}
-if index.store.kind == "ivf":
+if knob is not None:
     flat = flat_index(index.store.rows.embeddings)
     started = time.perf_counter(); _, exact = exact_search(flat, vectors, 1)
     out["exact_qps"] = len(vectors) / (time.perf_counter() - started)
-    out["ivf"] = {}
-    for nprobe in nprobes:
-        started = time.perf_counter(); _, found = index.store.search(vectors, 1, nprobe=nprobe)
+    out["approximate"] = {}
+    for setting in settings:
+        started = time.perf_counter()
+        _, found = index.store.search(vectors, 1, **{knob: setting})
         qps = len(vectors) / (time.perf_counter() - started)
         recall = float(np.mean(index.store.rows_of(found[:, 0]) == exact[:, 0]))
         # Ties: an encoder may map different images to the same vector (the article's MLP
@@ -79,7 +82,9 @@ if index.store.kind == "ivf":
         exact_d = np.linalg.norm(vectors - stored[exact[:, 0]], axis=1)
         found_d = np.linalg.norm(vectors - stored[index.store.rows_of(found[:, 0])], axis=1)
         as_near = float(np.mean(found_d <= exact_d * (1 + 1e-4) + 1e-6))
-        out["ivf"][nprobe] = {"qps": qps, "recall_at_1": recall, "as_near": as_near}
+        out["approximate"][f"{knob} {setting}"] = {
+            "qps": qps, "recall_at_1": recall, "as_near": as_near
+        }
 rng = np.random.default_rng(0)
 names = index.store.class_names
 wrong = (test.labels + rng.integers(1, len(names), len(test))) % len(names)
@@ -132,10 +137,12 @@ def main() -> None:
     parser.add_argument(
         "--index-type",
         default="auto",
-        help="A FAISS type, or auto: IVF<L>,Flat with L the power of 2 nearest 4 sqrt(N) (FAISS's "
-        "guideline: 1,024 lists at 100k, 4,096 at 1M).",
+        help="FAISS types separated by ';' (each built and measured in turn), or auto: "
+        "IVF<L>,Flat with L the power of 2 nearest 4 sqrt(N) (FAISS's guideline: 1,024 lists at "
+        "100k, 4,096 at 1M).",
     )
     parser.add_argument("--nprobe", default="8,16,32,64", help="IVF lists visited, each measured.")
+    parser.add_argument("--ef-search", default="16,32,64", help="HNSW breadths, each measured.")
     parser.add_argument("--out", default=None, help="Also write the results as JSON here.")
     parser.add_argument("--keep", default=None, help="Build the indexes in this folder.")
     parser.add_argument("--tables-from", default=None, help="Print the tables of a JSON result.")
@@ -149,24 +156,25 @@ def main() -> None:
     results: dict = {"encoder": args.encoder, "index_type": args.index_type, "runs": []}
 
     run_json(BASELINE + "\nprint('{}')", str(folder / "mnist-train"), args.encoder)
-    baseline = run_json(ONE_EVAL, str(folder / "mnist-train"), args.nprobe)
+    baseline = run_json(ONE_EVAL, str(folder / "mnist-train"), args.nprobe, args.ef_search)
     results["baseline"] = baseline
     for size in [parse_size(s) for s in args.sizes.split(",")]:
-        for engine in args.engines.split(","):
-            name = str(folder / f"aug-{size}-{engine}")
-            started = time.perf_counter()
-            index_type = type_for(size, args.index_type)
-            built = run_json(ONE_BUILD, name, args.encoder, f"mnist-aug:{size}", index_type, engine)
-            built.update(
-                size=size, engine=engine, wall=time.perf_counter() - started, index_type=index_type
-            )
-            print(json.dumps(built), flush=True)
-            results["runs"].append(built)
-        evaluated = run_json(ONE_EVAL, name, args.nprobe)
-        print(json.dumps(evaluated), flush=True)
-        for run in results["runs"]:
-            if run["size"] == size:
-                run.update(evaluated)
+        for index_type in [type_for(size, t) for t in args.index_type.split(";")]:
+            slug = "".join(c if c.isalnum() else "-" for c in index_type)
+            for engine in args.engines.split(","):
+                name = str(folder / f"aug-{size}-{slug}-{engine}")
+                started = time.perf_counter()
+                data = f"mnist-aug:{size}"
+                built = run_json(ONE_BUILD, name, args.encoder, data, index_type, engine)
+                wall = time.perf_counter() - started
+                built.update(size=size, engine=engine, wall=wall, index_type=index_type)
+                print(json.dumps(built), flush=True)
+                results["runs"].append(built)
+            evaluated = run_json(ONE_EVAL, name, args.nprobe, args.ef_search)
+            print(json.dumps(evaluated), flush=True)
+            for run in results["runs"]:
+                if (run["size"], run["index_type"]) == (size, index_type):
+                    run.update(evaluated)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results, args)
@@ -236,14 +244,17 @@ def print_tables(results: dict, args: argparse.Namespace) -> None:
     ]
     seen = set()
     for run in results["runs"]:
-        if run["size"] in seen:
+        index_type = run.get("index_type", results["index_type"])
+        if (run["size"], index_type) in seen:
             continue
-        seen.add(run["size"])
-        for nprobe, ivf in run["ivf"].items():
+        seen.add((run["size"], index_type))
+        # Results of older runs name IVF settings by nprobe alone.
+        settings = run.get("approximate") or {f"nprobe {n}": v for n, v in run["ivf"].items()}
+        for setting, ivf in settings.items():
             rows.append(
                 (
-                    f"{run['size']:,} mnist-aug ({run.get('index_type', results['index_type'])})",
-                    f"nprobe {nprobe}: {ivf['recall_at_1']:.4f} / {ivf['as_near']:.4f}",
+                    f"{run['size']:,} mnist-aug ({index_type})",
+                    f"{setting}: {ivf['recall_at_1']:.4f} / {ivf['as_near']:.4f}",
                     f"{ivf['qps']:,.0f} ({ivf['qps'] / run['exact_qps']:.1f}x)",
                     f"{run['exact_qps']:,.0f}",
                     f"{run['membership_f1']:.4f}",
@@ -254,7 +265,8 @@ def print_tables(results: dict, args: argparse.Namespace) -> None:
         "\nSearch and membership: 10,000 MNIST test queries (recall@1 against exact search over "
         "the same vectors); 20,000 MNIST test claims (class-restricted search: per-class copies "
         f"below {SELECTOR_FROM:,} rows, the index with a class selector at nprobe "
-        f"{DEFAULT_CLASS_NPROBE} from there)"
+        f"{DEFAULT_CLASS_NPROBE} from there; HNSW types: the bundle's graph per class at "
+        f"ef_search {DEFAULT_CLASS_EF})"
     )
     print(
         markdown_table(
