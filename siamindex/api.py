@@ -243,9 +243,10 @@ def create_app(config: ServeConfig) -> FastAPI:
                 f"{len(specs)} {what} in one request; at most {config.limits.max_images}. "
                 "Split the request.",
             )
-        return await asyncio.to_thread(
-            api_support.decode_all, [s.model_dump() for s in specs], prepare, config.limits, what
-        )
+        dumped = [s.model_dump() for s in specs]
+        if api_support.small(dumped):  # a thread hop costs more than decoding a digit or two
+            return api_support.decode_all(dumped, prepare, config.limits, what)
+        return await asyncio.to_thread(api_support.decode_all, dumped, prepare, config.limits, what)
 
     @app.get("/healthz")
     async def healthz() -> Response:

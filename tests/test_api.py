@@ -253,9 +253,15 @@ def test_probes_metrics_docs_and_page_work_offline(tiny_index):
         assert client.get("/healthz").json()["result"] == alive
         assert client.get("/readyz").json()["result"] == {"ready": True, "generations": {"idx": 1}}
         client.post("/v1/indexes/idx/query", json={"images": [{"ref": "mnist:test:0"}]})
+        client.post("/v1/indexes/idx/query", json={"images": []})  # 422
+        client.get("/nowhere")
         metrics = client.get("/metrics").text
         route = 'route="/v1/indexes/{name}/query"'
         assert f'siamindex_requests_total{{method="POST",{route},status="200"}} 1.0' in metrics
+        assert f'siamindex_requests_total{{method="POST",{route},status="422"}} 1.0' in metrics
+        assert (
+            'siamindex_requests_total{method="GET",route="unmatched",status="404"} 1.0' in metrics
+        )
         assert "siamindex_batch_images_count 1.0" in metrics  # one encoder call, the query's
         assert 'siamindex_index_generation{index="idx"} 1.0' in metrics
         schema = client.get("/openapi.json").json()

@@ -74,3 +74,14 @@ def test_metrics_render_batch_sizes():
         metrics.batch(size)
     text = metrics.render({}).decode()
     assert "siamindex_batch_images_count 3.0" in text and "siamindex_batch_images_sum 304.0" in text
+
+
+def test_only_few_small_images_are_decoded_on_the_event_loop():
+    from siamindex.api_support import INLINE_BYTES, INLINE_IMAGES, small
+
+    digit = {"png": "x" * 400, "npy": None, "pixels": None, "ref": None}
+    assert small([digit] * INLINE_IMAGES)
+    assert not small([digit] * (INLINE_IMAGES + 1))
+    assert not small([{**digit, "png": "x" * (INLINE_BYTES + 1)}])
+    assert not small([{**digit, "png": None, "ref": "mnist:test:0"}])  # may read the dataset
+    assert small([{**digit, "png": None, "pixels": [[0] * 28] * 28}])
