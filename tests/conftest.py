@@ -110,6 +110,24 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, small_idx_dir: Path) -
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_train_bundles(tmp_path_factory: pytest.TempPathFactory, small_idx_dir: Path) -> dict:
+    """The 1,000 small train images indexed with the tiny real encoder, built once as "flat" and
+    as "hnsw" (HNSW8, with its class graphs), for tests that only read them."""
+    from dataclasses import replace
+
+    from siamindex.build import BuildSettings, build_index
+
+    folder = tmp_path_factory.mktemp("tiny-train")
+    settings = BuildSettings(
+        encoder=TINY_ENCODER, index=folder / "flat", data_dir=small_idx_dir, splits=("train",),
+        progress=False,
+    )  # fmt: skip
+    build_index(settings)
+    build_index(replace(settings, index=folder / "hnsw", index_type="HNSW8"))
+    return {"flat": folder / "flat", "hnsw": folder / "hnsw"}
+
+
 @pytest.fixture
 def tiny_index(tiny_bundle: Path, tmp_path: Path) -> Path:
     """A private copy of ``tiny_bundle`` (the name link plus its bundle folder): its path."""

@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -351,18 +350,9 @@ def test_check_with_nprobe_on_an_ivf_index_equals_the_library(tmp_path, small_id
 
 
 def test_check_with_ef_search_on_an_hnsw_index_searches_its_class_graphs(
-    tmp_path, small_idx_dir, mnist_test
+    tiny_train_bundles, mnist_test
 ):
-    from conftest import TINY_ENCODER
-
-    from siamindex.build import BuildSettings, build_index
-
-    path = tmp_path / "hnsw"
-    settings = BuildSettings(
-        encoder=TINY_ENCODER, index=path, data_dir=small_idx_dir, splits=("train",), progress=False
-    )
-    build_index(replace(settings, index_type="HNSW8"))
-    build_index(replace(settings, index=tmp_path / "flat"))
+    path = tiny_train_bundles["hnsw"]
     claims = [{"image": {"ref": f"mnist:test:{i}"}, "class": "3"} for i in range(200)]
     got = {}
     with _client(path) as client:
@@ -370,7 +360,7 @@ def test_check_with_ef_search_on_an_hnsw_index_searches_its_class_graphs(
             reply = client.post("/v1/indexes/hnsw/check", json={"claims": claims, "ef_search": ef})
             assert reply.status_code == 200, reply.text
             got[ef] = np.array([r["support_distance"] for r in reply.json()["result"]["results"]])
-    flat = Index.open(tmp_path / "flat")
+    flat = Index.open(tiny_train_bundles["flat"])
     exact = flat.check_vectors(flat.embed(mnist_test.images[:200]), ["3"] * 200)
     want = np.array([r.support_distance for r in exact])
     np.testing.assert_allclose(got[400], want, rtol=1e-5)  # wider than any class: exact

@@ -121,23 +121,9 @@ def test_an_empty_claims_file_gets_one_line(tmp_path, tiny_index):
 
 
 def test_chunked_check_passes_ef_search_to_each_chunk(
-    tmp_path, small_idx_dir, mnist_test, tiny_index
+    tmp_path, tiny_train_bundles, mnist_test, tiny_index
 ):
-    from conftest import TINY_ENCODER
-
-    from siamindex.build import BuildSettings, build_index
-
-    index = tmp_path / "hnsw"
-    build_index(
-        BuildSettings(
-            encoder=TINY_ENCODER,
-            index=index,
-            data_dir=small_idx_dir,
-            splits=("train",),
-            index_type="HNSW8",
-            progress=False,
-        )
-    )
+    index = tiny_train_bundles["hnsw"]
     path = write_claims(tmp_path / "claims.csv", mnist_test, 150)
     runner = CliRunner()
     base = ["check", "--claims", str(path), "--index", str(index), "-q"]

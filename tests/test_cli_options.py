@@ -255,19 +255,16 @@ def test_train_align_scales_the_output_and_no_align_does_not(tmp_path, small_idx
     )
 
 
-def test_check_ef_search_searches_a_graph_per_class_of_an_hnsw_index(tmp_path, small_idx_dir):
-    path = tmp_path / "hnsw"
-    index = _build(path, small_idx_dir, "--index-type", "HNSW8")
-    assert type(index.partition).__name__ == "GraphPartition"
+def test_check_ef_search_searches_a_graph_per_class_of_an_hnsw_index(tiny_train_bundles):
+    path, flat = tiny_train_bundles["hnsw"], tiny_train_bundles["flat"]  # the same vectors
+    assert type(Index.open(path).partition).__name__ == "GraphPartition"
 
     def answers(*extra: str) -> list[dict]:
         args = ("check", "--class", "3", "mnist:test:0-299", "--index", str(path))
         out = json.loads(_run(*args, "--format", "json", "-q", *extra))
         return out["results"]
 
-    flat = tmp_path / "flat"
-    _build(flat, small_idx_dir)  # the same vectors, searched exactly
-    exact = answers("--index", str(flat))
+    exact = answers("--index", str(flat))  # searched exactly
     # Wider than any class (about 100 members each): the exact answers, vote included.
     wide = answers("--ef-search", "400")
     for got, want in zip(wide, exact, strict=True):

@@ -101,13 +101,14 @@ def test_class_partition_with_nprobe_searches_an_ivf_index_per_class():
     np.testing.assert_allclose(nearest, exact_distances[:, 0], rtol=1e-5)
 
 
-def _ivf_with_gaps(vectors: np.ndarray, lists: int = 16):
-    """An IDMap2 IVF index whose ids skip some numbers (as after `remove`)."""
+def _with_gaps(vectors: np.ndarray, spec: str = "IVF16,Flat"):
+    """An IDMap2 index of a FAISS type whose ids skip some numbers (as after `remove`)."""
     import faiss
 
     ids = np.arange(len(vectors), dtype=np.int64) * 2 + 5
-    index = faiss.index_factory(vectors.shape[1], f"IDMap2,IVF{lists},Flat")
-    index.train(vectors)
+    index = faiss.index_factory(vectors.shape[1], f"IDMap2,{spec}")
+    if not index.is_trained:
+        index.train(vectors)
     index.add_with_ids(vectors, ids)
     return index, ids
 
@@ -118,7 +119,7 @@ def test_selector_partition_visiting_every_list_is_exact():
     labels = rng.integers(0, 4, len(stored))
     queries = rng.normal(size=(200, 12)).astype(np.float32)
     claimed = rng.integers(0, 4, len(queries))
-    index, ids = _ivf_with_gaps(stored)
+    index, ids = _with_gaps(stored)
     exact = ClassPartition(stored, labels)
     selector = SelectorPartition(index, ids, labels, default_nprobe=16)  # 16 = every list
     for got, want in zip(
@@ -147,7 +148,7 @@ def test_selector_partition_visits_only_the_lists_asked_for():
     labels = np.repeat([0, 1], 500)
     stored = rng.normal(size=(1000, 8)).astype(np.float32)
     stored[labels == 1] += 100
-    index, ids = _ivf_with_gaps(stored, lists=2)
+    index, ids = _with_gaps(stored, "IVF2,Flat")
     selector = SelectorPartition(index, ids, labels, default_nprobe=1)
     query, claimed = stored[:1] + 0.01, np.array([1])
     assert selector.nearest(query, claimed)[1][0] == -1
@@ -164,7 +165,7 @@ def test_selector_partition_support_is_infinite_when_the_lists_visited_hold_too_
     stored = rng.normal(size=(1000, 8)).astype(np.float32)
     stored[labels == 1] += 100
     stored[[500, 501]] = stored[[0, 1]] + 0.001  # two class-1 members among the class-0s
-    index, ids = _ivf_with_gaps(stored, lists=2)
+    index, ids = _with_gaps(stored, "IVF2,Flat")
     selector = SelectorPartition(index, ids, labels, default_nprobe=1)
     query, claimed = stored[:1] + 0.01, np.array([1])
     nearest, rows, kth = selector.nearest(query, claimed, support=3)
@@ -205,23 +206,13 @@ def test_nearer_class_names_a_class_with_support_members_nearer_than_the_claimed
     assert [f in w if w else f == -1 for f, w in zip(found, want, strict=True)] == [True] * 40
 
 
-def _hnsw_with_gaps(vectors: np.ndarray):
-    """An IDMap2 HNSW16 index whose ids skip some numbers (as after `remove`)."""
-    import faiss
-
-    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 7
-    index = faiss.index_factory(vectors.shape[1], "IDMap2,HNSW16")
-    index.add_with_ids(vectors, ids)
-    return index, ids
-
-
 def test_graph_partition_searching_wide_equals_exact_and_narrow_finds_farther_members():
     rng = np.random.default_rng(5)
     stored = rng.normal(size=(3000, 12)).astype(np.float32)
     labels = rng.integers(0, 4, len(stored))
     queries = rng.normal(size=(300, 12)).astype(np.float32)
     claimed = rng.integers(0, 4, len(queries))
-    index, ids = _hnsw_with_gaps(stored)
+    index, ids = _with_gaps(stored, "HNSW16")
     built = {c: graphs.build(stored[labels == c], 16) for c in range(4)}
     graphs_ = GraphPartition(index, ids, labels, built, ef_search=1000)  # wider than any class
     exact = ClassPartition(stored, labels)
