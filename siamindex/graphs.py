@@ -76,11 +76,14 @@ def extended(graphs: Graphs | None, vectors: np.ndarray, labels: np.ndarray) -> 
         return None
     import faiss
 
+    out = dict(graphs)
     labels = np.asarray(labels)
-    have = np.isin(labels, list(graphs))
-    out = {label: faiss.clone_index(graphs[label]) for label in np.unique(labels[have])}
-    add_to(out, vectors[have], labels[have], 0)  # every class here has its graph: m unused
-    return {**graphs, **out}
+    for label in np.unique(labels):
+        if int(label) in out:
+            graph = faiss.clone_index(out[int(label)])
+            graph.add(np.ascontiguousarray(vectors[labels == label], dtype=np.float32))
+            out[int(label)] = graph
+    return out
 
 
 def without(graphs: Graphs | None, labels: np.ndarray | list[Any]) -> Graphs | None:

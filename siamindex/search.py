@@ -407,9 +407,6 @@ class GraphPartition(ClassPartition):
         other.ef_search = ef_search
         return other
 
-    def lists(self, label: int) -> int:
-        return 1
-
     def neighbours(
         self, queries: np.ndarray, k: int, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
