@@ -138,9 +138,7 @@ class _StreamWriter:
         self.unlike: np.ndarray | None = None
         self.stored = 0
         self.worker_peaks: dict[str, float] = {}
-        self.graphs: graphs.Graphs | None = (
-            None  # HNSW types: a graph per class, filled as rows come
-        )
+        self.graphs: graphs.Graphs | None = None  # HNSW types: a graph per class
 
     def write(self, folder: Path, embedded: Iterator[shards.Columns]) -> None:
         import faiss
