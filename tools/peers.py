@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from benchlib import store_of
 
+from siamindex.defaults import DEFAULT_CLASS_EF
+
 
 class PeerMissing(Exception):
     """The peer's package is not installed, or will not import here."""
@@ -105,7 +107,6 @@ class SiamIndex(Peer):
         from siamindex.store import IndexStore
 
         self.store = IndexStore.read(folder)
-        self.folder = folder
         self._partition: Any = None
 
     @property
@@ -156,30 +157,24 @@ class SiamIndexHNSW(SiamIndex):
     index_type = "HNSW32"
     exact = False
     knob = "ef_search"
-    # The class graphs are read from the bundle when it is first opened for membership: once
-    # per folder and run, however many settings are tried.
-    _graphs: dict[str, tuple[Any, float]] = {}
+    partition_seconds: float | None = None  # the class graphs ready to search, once asked for
 
     def _knobs(self) -> dict[str, int]:
-        return {"ef_search": int(self.setting or 16)}
+        return {"ef_search": int(self.setting or DEFAULT_CLASS_EF)}
 
     @property
     def partition(self) -> Any:
+        """The bundle's class graphs (read with it), as ``Index.partition`` uses them."""
         from siamindex.search import GraphPartition
 
-        key = str(self.folder)
-        if key not in self._graphs:
+        if self._partition is None:
             started = time.perf_counter()
-            rows, built = self.store.rows, self.store.class_graph_map
-            graphs = GraphPartition(self.store.index, rows.ids, rows.labels, built, 16)
-            self._graphs[key] = (graphs, time.perf_counter() - started)
-        return self._graphs[key][0].tuned(self._knobs()["ef_search"])
-
-    @property
-    def partition_seconds(self) -> float | None:
-        """Seconds the class graphs took to build, once they have been."""
-        built = self._graphs.get(str(self.folder))
-        return None if built is None else built[1]
+            rows, graphs = self.store.rows, self.store.class_graph_map
+            self._partition = GraphPartition(
+                self.store.index, rows.ids, rows.labels, graphs, DEFAULT_CLASS_EF
+            )
+            self.partition_seconds = time.perf_counter() - started
+        return self._partition.tuned(self._knobs()["ef_search"])
 
 
 # -- hnswlib and USearch: one HNSW graph for queries, one per class for membership ------------
