@@ -304,6 +304,16 @@ def _one_of(kind: str, choices: Sequence[str]) -> Callable[..., str | None]:
     "validation share included. Default: all.",
 )
 @click.option(
+    "--head",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="WIDTH",
+    help="Train through a projection head (Dense WIDTH, relu, then Dense to the embedding) "
+    "that is dropped afterwards, in place of the CNN's hidden dense layer (SimCLR): for an "
+    "encoder of classes to be added later with add --new-class, e.g. 128. 0: none.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default="models/encoder.keras",
@@ -344,6 +354,10 @@ def train(
     config = TrainConfig(
         architecture=architecture or old_architecture or DEFAULT_ARCHITECTURE, **settings
     )
+    try:
+        config = config.resolved()
+    except ValueError as exc:  # settings that do not go together
+        raise click.UsageError(f"{exc}.") from None
     result = run_training(config, out, progress=not quiet)
     report = result.report
     if output_format == "json":

@@ -248,13 +248,19 @@ def _cnn(embedding_dim: int) -> list[layers.Layer]:
 
 
 def build_encoder(
-    architecture: str = DEFAULT_ARCHITECTURE, embedding_dim: int | None = None
+    architecture: str = DEFAULT_ARCHITECTURE,
+    embedding_dim: int | None = None,
+    headed: bool = False,
 ) -> keras.Model:
     """Build an untrained encoder of an architecture.
 
     Args:
         architecture: "article-mlp" (the article's branch) or "cnn".
         embedding_dim: output width; defaults to DEFAULT_EMBEDDING_DIM[architecture].
+        headed: to be trained through a projection head (``with_projection_head``). The CNN
+            then ends in a linear map of its pooled features: the head takes the place of its
+            hidden dense layer, which is where an encoder trained on some classes only loses
+            most of what tells the others apart (README, "Classes the encoder never saw").
 
     Returns:
         A Functional model (n, 28, 28, 1) float32 in 0..255 -> (n, embedding_dim) float32.
@@ -271,7 +277,8 @@ def build_encoder(
     else:
         x = InkLevels(name="ink_levels")(inputs)
     for layer in (_article_mlp if name == "article-mlp" else _cnn)(embedding_dim):
-        x = layer(x)
+        if not (headed and layer.name == "dense_1" and name == "cnn"):
+            x = layer(x)
     return keras.Model(inputs, x, name=f"encoder_{name.replace('-', '_')}")
 
 
@@ -282,6 +289,17 @@ def build_siamese(encoder: keras.Model) -> keras.Model:
     right = keras.Input(shape=shape, name="right")
     distance = EuclideanDistance(name="distance")(encoder(left), encoder(right))
     return keras.Model([left, right], distance, name="siamese")
+
+
+def with_projection_head(encoder: keras.Model, width: int) -> keras.Model:
+    """The encoder followed by a projection head, Dense(width, relu) then Dense(embedding_dim),
+    for training only: the loss is taken on the head's output and the head is dropped
+    afterwards (the SimCLR recipe, Chen et al. 2020). The loss shapes the head's space to the
+    training classes; the encoder's output before it keeps more of what tells other shapes
+    apart. The encoder's layers are shared, so training this trains the encoder."""
+    hidden = layers.Dense(width, activation="relu", name="head_1")(encoder.output)
+    projected = layers.Dense(embedding_dim_of(encoder), name="head_2")(hidden)
+    return keras.Model(encoder.input, projected, name=f"{encoder.name}_with_head")
 
 
 def as_model_input(images: np.ndarray) -> np.ndarray:

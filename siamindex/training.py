@@ -59,6 +59,7 @@ class TrainConfig:
     outlier_share: float | None = None
     classes: tuple[str, ...] | None = None
     labelled: int | None = None
+    head: int = 0
 
     def resolved(self) -> TrainConfig:
         """The same settings with every default filled in, and validated."""
@@ -83,6 +84,11 @@ class TrainConfig:
         )
         if self.labelled is not None and self.labelled < 10:
             raise ValueError(f"labelled images must be at least 10, got {self.labelled}")
+        if self.head < 0 or (self.head and sampler != "in-batch"):
+            raise ValueError(
+                f"a projection head needs --sampler in-batch and a width of 1 or more, "
+                f"got {self.head}"
+            )
         if not 0 <= outlier_share < 0.5:
             raise ValueError(f"outlier share must be in [0, 0.5), got {outlier_share}")
         if (augment or outlier_share) and sampler != "in-batch":
@@ -240,7 +246,7 @@ def _training_task(
     encoder itself on labels (in-batch pairs), or the Siamese model on drawn pairs."""
     if config.sampler == "in-batch":
         return (
-            encoder,
+            encoders.with_projection_head(encoder, config.head) if config.head else encoder,
             encoders.InBatchContrastiveLoss(config.margin),
             [encoders.plain_in_batch_contrastive(config.margin)],
             (encoders.as_model_input(train.images), train.labels),
@@ -343,7 +349,9 @@ def train(config: TrainConfig, out: str | Path, progress: bool = True) -> TrainR
     rng = np.random.default_rng(config.seed)
     train_part, val_part, test = _load_parts(config, rng)
 
-    encoder = encoders.build_encoder(config.architecture, config.embedding_dim)
+    encoder = encoders.build_encoder(
+        config.architecture, config.embedding_dim, headed=bool(config.head)
+    )
     started = time.perf_counter()
     history = _fit(config, encoder, train_part, val_part, rng, progress)
     seconds = time.perf_counter() - started

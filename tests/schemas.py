@@ -197,6 +197,7 @@ TRAIN = {
         "outlier_share": float,
         "classes": Nullable([str]),
         "labelled": (int, type(None)),
+        "head": int,
         "article_reproduction": bool,
     },
     "optimizer": str,

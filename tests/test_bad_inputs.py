@@ -198,6 +198,12 @@ CASES = [
     (["train", "--classes", "5-2", "-q"], 1, "Range '5-2' runs backwards"),
     (["train", "--classes", ",", "-q"], 1, "No class named in ','"),
     (["train", "--labelled", "5"], 2, "5 is not in the range x>=10"),
+    (["train", "--head", "-1"], 2, "-1 is not in the range x>=0"),
+    (
+        ["train", "--architecture", "article-mlp", "--head", "16"],
+        2,
+        "projection head needs --sampler in-batch",
+    ),
     (["compare", "mnist:test:0"], 2, "Missing argument 'SECOND'"),
     (["compare", "mnist:test:0", f"{F}/stack.npy"], 2, "exactly two images"),
     (

@@ -68,7 +68,7 @@ def test_every_command_has_help():
         (["train", "--outlier-share", "0.5"], 2, "0.5 is not in the range 0<=x<0.5"),
         (
             ["train", "--sampler", "article", "--augment", "-q", "--out", "/tmp/x.keras"],
-            1,
+            2,
             "train with --sampler in-batch only",
         ),
         (["evaluate", "--encoder", "/nonexistent.keras"], 1, "does not exist; train one"),

@@ -210,3 +210,18 @@ def test_compiled_embedding_equals_the_graph_whatever_the_padding(mnist_test):
     fresh = model.load_encoder(TINY_ENCODER)
     model.embed(fresh, images[:10])
     assert set(model._INFERENCE[fresh]) == {False}
+
+
+def test_a_projection_head_shares_the_encoders_layers(mnist_test):
+    encoder = model.build_encoder("cnn", embedding_dim=8, headed=True)
+    assert "dense_1" not in [layer.name for layer in encoder.layers]
+    assert "dense_1" in [layer.name for layer in model.build_encoder("cnn", 8).layers]
+    headed = model.with_projection_head(encoder, 16)
+    images = model.as_model_input(mnist_test.images[:4])
+    assert np.asarray(headed(images)).shape == (4, 8)
+    # The head is on top of the encoder's own layers: a change to them shows in both outputs.
+    before = np.asarray(headed(images))
+    layer = encoder.get_layer("embedding")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 2, bias])
+    assert not np.allclose(np.asarray(headed(images)), before)

@@ -151,3 +151,28 @@ def test_classes_and_labelled_choose_what_training_sees():
         _load_parts(TrainConfig(classes=("0", "x")), np.random.default_rng(0))
     with pytest.raises(ValueError, match="labelled images must be at least 10"):
         TrainConfig(labelled=5).resolved()
+
+
+def test_a_projection_head_trains_the_encoder_and_is_left_out_of_it(tmp_path):
+    config = TrainConfig(
+        epochs=2, train_size=3000, test_size=300, classes=tuple("012345"), head=32, seed=2
+    )
+    result = train(config, tmp_path / "headed.keras", progress=False)
+    saved = model.load_encoder(result.path)
+    names = [layer.name for layer in saved.layers]
+    # The head is gone and the CNN's hidden dense layer with it (the head took its place).
+    assert not [name for name in names if name.startswith("head_")] and "dense_1" not in names
+    assert names[-2:] == ["embedding", "threshold_alignment"]
+    assert model.embedding_dim_of(saved) == 64
+    assert result.report["settings"]["head"] == 32
+    # Trained through the head, the encoder's own output still tells the classes apart.
+    assert result.report["roc_auc"]["test"] > 0.8
+    assert result.report["history"]["loss"][-1] < result.report["history"]["loss"][0]
+
+
+def test_a_projection_head_needs_in_batch_training_and_a_width():
+    assert TrainConfig(head=128).resolved().head == 128
+    with pytest.raises(ValueError, match="projection head needs --sampler in-batch"):
+        TrainConfig(head=-1).resolved()
+    with pytest.raises(ValueError, match="projection head needs --sampler in-batch"):
+        TrainConfig(architecture="article-mlp", head=16).resolved()
