@@ -1171,7 +1171,8 @@ def _print_check(results: Sequence[Any], summary: Any, output_format: str, rule:
         f"when the {support} nearest stored members of the class are within the threshold "
         "(support_distance)"
         + (
-            f", and no other class has {support} members nearer (nearer_class)."
+            f", and no other class has {support} members nearer (nearer_class; a class added "
+            "later is weighed in its own threshold)."
             if rule == NEAREST_CLASS_RULE
             else "."
         )

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from siamindex import metrics
-from siamindex.defaults import NEAREST_CLASS_RULE
-from siamindex.search import MAX_RIVAL_NEIGHBOURS, ClassPartition, first_to_reach
+from siamindex import metrics, vote
+from siamindex.search import ClassPartition, first_to_reach
 from siamindex.store import IndexStore
 
 # Python cannot name an attribute "class"; JSON and CSV output can, and do.
@@ -178,7 +177,7 @@ def nearest(
         k: matches per query, 1 <= k <= stored count.
         nprobe, ef_search: search settings for IVF / HNSW index types.
     """
-    width = _vote_width(store) if nprobe is None and ef_search is None else 0
+    width = vote.vote_width(store) if nprobe is None and ef_search is None else 0
     distances, ids = store.search(vectors, max(k, width), nprobe=nprobe, ef_search=ef_search)
     found = ids >= 0
     rows = np.where(found, store.rows_of(np.where(found, ids, store.rows.ids[0])), -1)
@@ -194,8 +193,10 @@ def nearest(
         first = np.where(winner >= 0, winner, first)
         distances, ids, found, rows = (a[:, :k] for a in (distances, ids, found, rows))
     else:
-        first, support_distances = _nearest_class(store, partition, vectors, first)
+        first, support_distances = vote.nearest_class(store, partition, vectors, first)
     chances = _probabilities(store, support_distances)
+    scales = vote.vote_scales(store)
+    thresholds = np.full(len(first), threshold) if scales is None else scales[first]
     results = []
     for q, name in enumerate(names):
         matches = [
@@ -210,62 +211,19 @@ def nearest(
             for rank in range(k)
             if found[q, rank]
         ]
-        close = bool(matches) and support_distances[q] <= threshold
+        close = bool(matches) and support_distances[q] <= thresholds[q]
         probability = None if chances is None else float(chances[q])
         results.append(
             QueryResult(
                 query=name,
                 predicted=store.class_names[first[q]] if close else None,
                 distance=matches[0].distance if matches else float("inf"),
-                threshold=threshold,
+                threshold=float(thresholds[q]),
                 matches=matches,
                 probability=probability if matches else None,
             )
         )
     return results
-
-
-def _vote_width(store: IndexStore) -> int:
-    """How many nearest stored images of any class decide the nearest-class vote, when one
-    exact search of that many answers a query outright (0 when it does not: another rule, an
-    approximate index type, or a class with fewer members than the support, which only the
-    per-class search answers). Some class must reach ``support`` among classes x (support - 1)
-    + 1 of them; the one that gets there first is the class whose support-th member is
-    nearest, and the rule accepts no other."""
-    support = store.facts.support
-    present = store.class_counts[store.class_counts > 0]
-    width = len(present) * (support - 1) + 1
-    if (
-        store.facts.rule != NEAREST_CLASS_RULE
-        or store.facts.index_type != "flat"
-        or (present < support).any()
-        or width > min(MAX_RIVAL_NEIGHBOURS, len(store.rows))
-    ):
-        return 0
-    return width
-
-
-def _nearest_class(
-    store: IndexStore,
-    partition: ClassPartition,
-    vectors: np.ndarray,
-    first: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The class a query is answered with, from the nearest match's (``first``), and its
-    support distance (infinite when the rule rejects it). Under the "nearest-class" rule a class
-    with ``support`` members nearer than the nearest match's class takes its place (a stray
-    3 among the 5s makes the nearest match a 3, but the query is as near as that to the 5s)."""
-    support = store.facts.support
-    _, _, found = partition.nearest(vectors, first, support=support)
-    nearer = _nearer_classes(store, partition, vectors, first, found, store.facts.threshold)
-    moved = np.flatnonzero(nearer >= 0)
-    if moved.size:
-        first, found = first.copy(), found.copy()
-        first[moved] = nearer[moved]
-        _, _, found[moved] = partition.nearest(vectors[moved], first[moved], support=support)
-        again = partition.nearer_class(vectors[moved], first[moved], found[moved], support)
-        found[moved[again >= 0]] = np.inf
-    return first, found
 
 
 def check_membership(
@@ -306,7 +264,7 @@ def check_membership(
     judged = np.isfinite(own) & (per_class | np.isin(classes, late))
     thresholds = np.where(judged, own, thresholds)
     kinds[judged] = "per-class"
-    nearer = _nearer_classes(
+    nearer = vote.nearer_classes(
         store, partition, vectors, classes, support_distances, thresholds, nprobe
     )
     ids = np.where(rows >= 0, store.rows.ids[np.maximum(rows, 0)], -1)
@@ -364,39 +322,6 @@ def check_row(result: MembershipResult) -> list[str]:
         "" if r.probability is None else f"{r.probability:.4f}",
         r.nearer_class or "",
     ]
-
-
-def _nearer_classes(
-    store: IndexStore,
-    partition: ClassPartition,
-    vectors: np.ndarray,
-    classes: np.ndarray,
-    support_distances: np.ndarray,
-    thresholds: np.ndarray | float,
-    nprobe: int | None = None,
-) -> np.ndarray:
-    """Under the "nearest-class" rule, each claim's nearer class (-1: none), looked for only
-    where it can change the answer or its probability (``rival_reach``: the search is
-    unrestricted, the costly part); all -1 under the distance rule."""
-    nearer = np.full(len(classes), -1, dtype=np.int64)
-    if store.facts.rule != NEAREST_CLASS_RULE:
-        return nearer
-    within = np.flatnonzero(support_distances <= rival_reach(store, thresholds))
-    nearer[within] = partition.nearer_class(
-        vectors[within], classes[within], support_distances[within], store.facts.support, nprobe
-    )
-    return nearer
-
-
-def rival_reach(store: IndexStore, thresholds: np.ndarray | float) -> np.ndarray:
-    """How far a claim's support distance may be for a nearer class to matter: its threshold,
-    or farther where the membership probability still falls (beyond, a claim's probability is
-    the curve's last value whether another class is nearer or not)."""
-    if store.probability is None:
-        return np.asarray(thresholds)
-    distances, chances = store.probability
-    flat = np.flatnonzero(chances == chances[-1])[0]  # where the curve reaches its last value
-    return np.asarray(np.maximum(thresholds, distances[flat]))
 
 
 def _probabilities(store: IndexStore, support_distances: np.ndarray) -> np.ndarray | None:

@@ -211,6 +211,7 @@ class ClassPartition:
         support: int = 1,
         nprobe: int | None = None,
         exclude_rows: np.ndarray | None = None,
+        scales: np.ndarray | None = None,
     ) -> np.ndarray:
         """For each claim "queries[i] is of classes[i]", another class that has at least
         ``support`` stored members nearer than ``support_distances[i]`` (the claimed class's
@@ -221,6 +222,11 @@ class ClassPartition:
         of them that, with ``support`` members needed, some class must reach it (at most
         ``MAX_RIVAL_NEIGHBOURS``; beyond that a class not seen counts as farther).
         ``exclude_rows`` (n,) skips one stored row per query (leave-one-out), or -1.
+
+        ``scales`` (one per class, e.g. its threshold) compares distances divided by their
+        class's scale (``vote.vote_scales``). A class of a wider scale than the narrowest is
+        also searched on its own: it can be nearer in scale from beyond the neighbours (the
+        class named is then a nearer one, not always the nearest).
         """
         classes = np.asarray(classes)
         found = np.full(len(classes), -1, dtype=np.int64)
@@ -235,14 +241,28 @@ class ClassPartition:
             part = todo[start : start + DEFAULT_QUERY_BATCH]
             squared, rows = self.neighbours(queries[part], k, nprobe)
             labels = self.labels[np.maximum(rows, 0)]
-            nearer = (
-                (rows >= 0)
-                & (labels != classes[part, None])
-                & (euclidean(squared) < support_distances[part, None])
-            )
+            distances, reach = euclidean(squared), support_distances[part, None]
+            if scales is not None:
+                distances, reach = distances / scales[labels], reach / scales[classes[part], None]
+            nearer = (rows >= 0) & (labels != classes[part, None]) & (distances < reach)
             if exclude_rows is not None:
                 nearer &= rows != np.asarray(exclude_rows)[part, None]
             found[part] = first_to_reach(labels, nearer, support, class_count)[0]
+        if scales is None:
+            return found
+        # The narrowest classes need no more: one nearer in scale has its support-th member
+        # within the neighbours, unless a wider class has as many members nearer still.
+        reach = support_distances / scales[classes]
+        for label in sorted(self.rows):
+            if scales[label] <= scales[sorted(self.rows)].min() or len(self.rows[label]) < support:
+                continue
+            open_ = np.flatnonzero((found < 0) & np.isfinite(reach) & (classes != label))
+            if not open_.size:
+                continue
+            skip = None if exclude_rows is None else np.asarray(exclude_rows)[open_]
+            claimed = np.full(open_.size, label, dtype=np.int64)
+            _, _, theirs = self.nearest(queries[open_], claimed, skip, support, nprobe)
+            found[open_[theirs / scales[label] < reach[open_]]] = label
         return found
 
     def neighbours(

@@ -70,6 +70,42 @@ def test_a_late_class_is_judged_by_its_own_threshold_recalibrated_on_every_chang
     assert len(few) == 4
 
 
+def test_the_vote_weighs_a_late_class_in_its_own_threshold(tiny_index, mnist_test):
+    """Sevens added as a new class of 12 (the build's 7s removed): the vote compares each
+    class's support distance divided by its threshold (the late class's own, the global one
+    for the others). Each answer is recomputed from the stored embeddings, the scale changes
+    some of them, and query agrees with check."""
+    index = Index.open(tiny_index)
+    seven = index.store.class_names.index("7")
+    index.remove(index.store.rows.ids[index.store.rows.labels == seven])  # the 7s, unseen
+    index.add(sevens(mnist_test, 12), "seven-b", new_class=True)
+    store = index.store
+    late = store.class_names.index("seven-b")
+    scales = np.full(len(store.class_names), store.facts.threshold)
+    scales[late] = store.class_thresholds[late]
+    images = sevens(mnist_test, 60, start=12)
+    vectors = index.embed(images)
+    answers = index.check_vectors(vectors, ["seven-b"] * len(images))
+    support = store.facts.support
+
+    def kth(query, label):
+        d = np.linalg.norm(store.rows.embeddings[store.rows.labels == label] - query, axis=1)
+        return np.sort(d)[support - 1]
+
+    def accepted(query, scales):
+        own = kth(query, late) / scales[late]
+        present = [c for c in range(len(scales)) if c != late and (store.rows.labels == c).any()]
+        others = [kth(query, c) / scales[c] for c in present]
+        return own <= 1 and own < min(others)
+
+    want = [accepted(v, scales) for v in vectors]
+    assert [a.is_member for a in answers] == want
+    plain = [accepted(v, np.full(len(scales), scales[late])) for v in vectors]
+    assert want != plain  # the scale changed some answers
+    for answer, result in zip(answers, index.query_vectors(vectors, k=3), strict=True):
+        assert (result.predicted == "seven-b") == answer.is_member
+
+
 def test_audit_finds_a_planted_wrong_label_and_relabel_puts_it_back(tiny_index, mnist_test):
     index = Index.open(tiny_index)
     rows = index.store.rows

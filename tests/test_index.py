@@ -17,7 +17,7 @@ from fakes import FakeEncoder
 from siamindex.bundle import writer_lock
 from siamindex.errors import DataError, IncompatibleIndex, IndexLocked, IndexNotFound
 from siamindex.index import Index
-from siamindex.query import rival_reach
+from siamindex.vote import rival_reach
 
 OLD_BUNDLE = Path(__file__).parent / "data" / "bundle-0.1.0"
 

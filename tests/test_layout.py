@@ -64,7 +64,8 @@ ALLOWED = {
         "shards",
         "store",
     },
-    "query": {"defaults", "metrics", "search", "store"},
+    "query": {"metrics", "search", "store", "vote"},
+    "vote": {"defaults", "search", "store"},
     "curation": {"defaults", "errors", "evaluation", "query", "search", "store"},
     "index": {
         "blas",

@@ -80,15 +80,15 @@ def test_one_exact_search_answers_a_query_as_the_per_class_searches_do(fake_inde
     members first. The per-class searches (the path of approximate index types) agree."""
     from dataclasses import replace
 
-    from siamindex.query import _vote_width, rival_reach
+    from siamindex.vote import rival_reach, vote_width
 
     store, partition = fake_index.store, fake_index.partition
     queries = fake_index.embed(mnist_train.images[-400:])  # not stored
     names = [str(i) for i in range(len(queries))]
-    assert _vote_width(store) == 21
+    assert vote_width(store) == 21
     one = nearest(store, partition, queries, names, k=3)
     per_class = replace(store, facts=replace(store.facts, index_type="IDMap2,Flat"))
-    assert _vote_width(per_class) == 0
+    assert vote_width(per_class) == 0
     many = nearest(per_class, partition, queries, names, k=3)
     moved = 0
     for fast, slow in zip(one, many, strict=True):

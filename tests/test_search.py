@@ -206,6 +206,37 @@ def test_nearer_class_names_a_class_with_support_members_nearer_than_the_claimed
     assert [f in w if w else f == -1 for f, w in zip(found, want, strict=True)] == [True] * 40
 
 
+def test_nearer_class_in_scale_lets_a_sparse_class_outvote_nothing_it_should_not():
+    """With a scale per class, a class is nearer when its support-th member is nearer divided
+    by its scale: checked against NumPy on random data where two classes have wider scales
+    (as late classes of few members do), including rivals that lie beyond the nearest
+    neighbours the vote looks among."""
+    rng = np.random.default_rng(11)
+    crowded = rng.normal(size=(400, 4)).astype(np.float32)
+    sparse = (rng.normal(size=(12, 4)) * 2.5).astype(np.float32)  # two sparse classes
+    stored = np.concatenate([crowded, sparse])
+    labels = np.concatenate([np.arange(400) % 3, 3 + np.arange(12) % 2])
+    scales = np.array([1.0, 1.0, 1.0, 2.5, 3.0])
+    queries = (rng.normal(size=(300, 4)) * 2.0).astype(np.float32)
+    claimed = rng.integers(0, 5, size=len(queries))
+    partition = ClassPartition(stored, labels)
+    _, _, kth = partition.nearest(queries, claimed, support=3)
+    found = partition.nearer_class(queries, claimed, kth, support=3, scales=scales)
+    for i, query in enumerate(queries):
+        d = np.linalg.norm(stored - query, axis=1)
+        kths = {c: np.sort(d[labels == c])[2] / scales[c] for c in range(5)}
+        nearer = {c for c in kths if c != claimed[i] and kths[c] < kth[i] / scales[claimed[i]]}
+        assert found[i] in nearer if nearer else found[i] == -1
+    plain = partition.nearer_class(queries, claimed, kth, support=3)
+    sparse_claims = claimed >= 3
+    # Scaled, claims about the sparse classes are outvoted less often, and those about the
+    # crowded ones more often (by a sparse class found beyond the nearest neighbours, too).
+    assert np.sum(found[sparse_claims] >= 0) < np.sum(plain[sparse_claims] >= 0)
+    assert np.sum(found[~sparse_claims] >= 3) > np.sum(plain[~sparse_claims] >= 3)
+    same = partition.nearer_class(queries, claimed, kth, support=3, scales=np.full(5, 0.7))
+    np.testing.assert_array_equal(same, plain)  # one scale for all: the plain vote
+
+
 def test_graph_partition_searching_wide_equals_exact_and_narrow_finds_farther_members():
     rng = np.random.default_rng(5)
     stored = rng.normal(size=(3000, 12)).astype(np.float32)

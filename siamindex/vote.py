@@ -1,0 +1,118 @@
+"""The nearest-class rule: which class a query is nearest to, and whether another class
+outvotes a claim.
+
+Under the index's "nearest-class" rule a claim holds only when no other class has ``support``
+stored members nearer than the claimed class's support-th member. Classes are compared in
+scale: each class's distances divided by its threshold, the global one for the classes of the
+build and its own for a class added later (``vote_scales``), so that a late class of a few
+members, sparser and with a wider threshold, is not outvoted by a crowded one for being sparse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siamindex.defaults import NEAREST_CLASS_RULE
+from siamindex.search import MAX_RIVAL_NEIGHBOURS, ClassPartition
+from siamindex.store import IndexStore
+
+
+def vote_width(store: IndexStore) -> int:
+    """How many nearest stored images of any class decide the nearest-class vote, when one
+    exact search of that many answers a query outright (0 when it does not: another rule, an
+    approximate index type, or a class with fewer members than the support, which only the
+    per-class search answers, or late classes with thresholds of their own, which the vote
+    compares in scale). Some class must reach ``support`` among classes x (support - 1)
+    + 1 of them; the one that gets there first is the class whose support-th member is
+    nearest, and the rule accepts no other."""
+    support = store.facts.support
+    present = store.class_counts[store.class_counts > 0]
+    width = len(present) * (support - 1) + 1
+    if (
+        store.facts.rule != NEAREST_CLASS_RULE
+        or store.facts.index_type != "flat"
+        or (present < support).any()
+        or width > min(MAX_RIVAL_NEIGHBOURS, len(store.rows))
+        or vote_scales(store) is not None
+    ):
+        return 0
+    return width
+
+
+def nearest_class(
+    store: IndexStore,
+    partition: ClassPartition,
+    vectors: np.ndarray,
+    first: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The class a query is answered with, from the nearest match's (``first``), and its
+    support distance (infinite when the rule rejects it). Under the "nearest-class" rule a class
+    with ``support`` members nearer than the nearest match's class takes its place (a stray
+    3 among the 5s makes the nearest match a 3, but the query is as near as that to the 5s)."""
+    support = store.facts.support
+    _, _, found = partition.nearest(vectors, first, support=support)
+    nearer = nearer_classes(store, partition, vectors, first, found, store.facts.threshold)
+    moved = np.flatnonzero(nearer >= 0)
+    if moved.size:
+        first, found = first.copy(), found.copy()
+        first[moved] = nearer[moved]
+        _, _, found[moved] = partition.nearest(vectors[moved], first[moved], support=support)
+        again = partition.nearer_class(
+            vectors[moved], first[moved], found[moved], support, scales=vote_scales(store)
+        )
+        found[moved[again >= 0]] = np.inf
+    return first, found
+
+
+def nearer_classes(
+    store: IndexStore,
+    partition: ClassPartition,
+    vectors: np.ndarray,
+    classes: np.ndarray,
+    support_distances: np.ndarray,
+    thresholds: np.ndarray | float,
+    nprobe: int | None = None,
+) -> np.ndarray:
+    """Under the "nearest-class" rule, each claim's nearer class (-1: none), looked for only
+    where it can change the answer or its probability (``rival_reach``: the search is
+    unrestricted, the costly part); all -1 under the distance rule."""
+    nearer = np.full(len(classes), -1, dtype=np.int64)
+    if store.facts.rule != NEAREST_CLASS_RULE:
+        return nearer
+    within = np.flatnonzero(support_distances <= rival_reach(store, thresholds))
+    nearer[within] = partition.nearer_class(
+        vectors[within],
+        classes[within],
+        support_distances[within],
+        store.facts.support,
+        nprobe,
+        scales=vote_scales(store),
+    )
+    return nearer
+
+
+def vote_scales(store: IndexStore) -> np.ndarray | None:
+    """Each class's scale in the nearest-class vote (``ClassPartition.nearer_class``): a class
+    added after the build has its own threshold, wider while it has few members, and is
+    compared in it; the others share the global threshold. None when all classes share it
+    (the vote is then by plain distance)."""
+    threshold = float(store.facts.threshold)
+    scales = np.full(len(store.class_names), threshold)
+    late = np.array([store.class_names.index(n) for n in store.facts.late_classes], np.int64)
+    own = store.class_thresholds[late] if late.size else np.empty(0)
+    judged = np.isfinite(own) & (own > 0)
+    scales[late[judged]] = own[judged]
+    if not (np.isfinite(threshold) and threshold > 0) or (scales == threshold).all():
+        return None
+    return scales
+
+
+def rival_reach(store: IndexStore, thresholds: np.ndarray | float) -> np.ndarray:
+    """How far a claim's support distance may be for a nearer class to matter: its threshold,
+    or farther where the membership probability still falls (beyond, a claim's probability is
+    the curve's last value whether another class is nearer or not)."""
+    if store.probability is None:
+        return np.asarray(thresholds)
+    distances, chances = store.probability
+    flat = np.flatnonzero(chances == chances[-1])[0]  # where the curve reaches its last value
+    return np.asarray(np.maximum(thresholds, distances[flat]))
