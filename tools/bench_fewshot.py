@@ -14,7 +14,8 @@ trained on all ten:
     python -m siamindex train --classes 0-5 --out models/fewshot/cnn-0-5.keras
     python -m siamindex train --classes 0-5 --head 128 --out models/fewshot/cnn-0-5-head.keras
     python tools/bench_fewshot.py --seen-encoder models/fewshot/cnn-0-5.keras \\
-        --seen-encoder models/fewshot/cnn-0-5-head.keras --all-encoder models/robust2/cnn-seed0.keras
+        --seen-encoder models/fewshot/cnn-0-5-head.keras \\
+        --all-encoder models/robust2/cnn-seed0.keras
 """
 
 from __future__ import annotations
