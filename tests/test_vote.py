@@ -10,9 +10,7 @@ from siamindex.index import Index
 from siamindex.vote import rival_reach, vote_scales, vote_width
 
 
-def test_scales_are_the_global_threshold_but_for_late_classes_with_their_own(
-    fake_index, mnist_test
-):
+def test_scales_are_the_global_threshold_but_for_late_classes_wider_than_it(fake_index, mnist_test):
     store = fake_index.store
     assert vote_scales(store) is None  # the build's classes alone: the plain vote
     assert vote_width(store) == 21  # and the one-search path
@@ -21,10 +19,15 @@ def test_scales_are_the_global_threshold_but_for_late_classes_with_their_own(
     assert vote_scales(fake_index.store) is None  # too few members for a threshold of its own
     fake_index.add(mnist_test.images[rows[4:]], "seven-b")
     store = fake_index.store
+    late = store.class_names.index("seven-b")
+    assert np.isfinite(store.class_thresholds[late])
+    # Whichever side of the global threshold its own one fell, both cases (set here):
+    store.class_thresholds[late] = 0.8 * store.facts.threshold  # narrower: no sparse class
+    assert vote_scales(store) is None and vote_width(store) == 23  # 11 classes
+    store.class_thresholds[late] = 1.5 * store.facts.threshold  # wider: weighed in it
     scales = vote_scales(store)
     assert scales is not None and vote_width(store) == 0  # the per-class path weighs scales
-    late = store.class_names.index("seven-b")
-    assert scales[late] == pytest.approx(store.class_thresholds[late])
+    assert scales[late] == pytest.approx(1.5 * store.facts.threshold)
     others = np.delete(scales, late)
     np.testing.assert_array_equal(others, np.full(len(others), store.facts.threshold))
 
