@@ -155,7 +155,7 @@ def test_classes_and_labelled_choose_what_training_sees():
 
 def test_a_projection_head_trains_the_encoder_and_is_left_out_of_it(tmp_path):
     config = TrainConfig(
-        epochs=2, train_size=3000, test_size=300, classes=tuple("012345"), head=32, seed=2
+        epochs=4, train_size=4000, test_size=300, classes=tuple("012345"), head=32, seed=2
     )
     result = train(config, tmp_path / "headed.keras", progress=False)
     saved = model.load_encoder(result.path)
@@ -165,9 +165,22 @@ def test_a_projection_head_trains_the_encoder_and_is_left_out_of_it(tmp_path):
     assert names[-2:] == ["embedding", "threshold_alignment"]
     assert model.embedding_dim_of(saved) == 64
     assert result.report["settings"]["head"] == 32
-    # Trained through the head, the encoder's own output still tells the classes apart.
-    assert result.report["roc_auc"]["test"] > 0.8
-    assert result.report["history"]["loss"][-1] < result.report["history"]["loss"][0]
+    # Trained through the head: its loss halves, and the encoder's own output (the head
+    # gone) finds the right class by nearest neighbour more often than it did untrained
+    # (300 test 0-5 against 1,000 train 0-5 it never saw; 0.88 against 0.81 here).
+    from siamindex.data import load_dataset, only_classes
+
+    losses = result.report["history"]["loss"]
+    assert losses[-1] < 0.5 * losses[0]
+    stored = only_classes(load_dataset(split="train"), config.classes).subset(slice(4000, 5000))
+    test = only_classes(load_dataset(split="test"), config.classes).subset(slice(0, 300))
+
+    def one_nn(encoder):
+        a, b = model.embed(encoder, stored.images), model.embed(encoder, test.images)
+        nearest = ((b[:, None] - a[None]) ** 2).sum(-1).argmin(1)
+        return float(np.mean(stored.labels[nearest] == test.labels))
+
+    assert one_nn(saved) > one_nn(model.build_encoder("cnn", headed=True)) + 0.03
 
 
 def test_a_projection_head_needs_in_batch_training_and_a_width():
