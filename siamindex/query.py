@@ -181,7 +181,6 @@ def nearest(
     distances, ids = store.search(vectors, max(k, width), nprobe=nprobe, ef_search=ef_search)
     found = ids >= 0
     rows = np.where(found, store.rows_of(np.where(found, ids, store.rows.ids[0])), -1)
-    threshold = store.facts.threshold
     first = np.where(found[:, 0], store.rows.labels[np.maximum(rows[:, 0], 0)], 0)
     if width:  # one exact search gave the matches and the vote
         labels = store.rows.labels[np.maximum(rows[:, :width], 0)]
@@ -195,8 +194,7 @@ def nearest(
     else:
         first, support_distances = vote.nearest_class(store, partition, vectors, first)
     chances = _probabilities(store, support_distances)
-    scales = vote.vote_scales(store)
-    thresholds = np.full(len(first), threshold) if scales is None else scales[first]
+    thresholds = vote.claim_thresholds(store, first)  # as check judges a claim of it
     results = []
     for q, name in enumerate(names):
         matches = [

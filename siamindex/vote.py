@@ -53,7 +53,8 @@ def nearest_class(
     (each one to a class nearer in scale) until no class is nearer."""
     support = store.facts.support
     _, _, found = partition.nearest(vectors, first, support=support)
-    nearer = nearer_classes(store, partition, vectors, first, found, store.facts.threshold)
+    reach = claim_thresholds(store, first)
+    nearer = nearer_classes(store, partition, vectors, first, found, reach)
     scales = vote_scales(store)
     first, found = first.copy(), found.copy()
     moved = np.flatnonzero(nearer >= 0)
@@ -96,6 +97,14 @@ def nearer_classes(
         scales=vote_scales(store),
     )
     return nearer
+
+
+def claim_thresholds(store: IndexStore, classes: np.ndarray) -> np.ndarray:
+    """The threshold a claim about each class is judged by: a class added after the build
+    has its own once calibrated, every other class the global one."""
+    late = [store.class_names.index(name) for name in store.facts.late_classes]
+    own = store.class_thresholds[classes]
+    return np.where(np.isin(classes, late) & np.isfinite(own), own, store.facts.threshold)
 
 
 def vote_scales(store: IndexStore) -> np.ndarray | None:

@@ -107,6 +107,19 @@ def test_the_vote_weighs_a_late_class_in_its_own_threshold(tiny_index, mnist_tes
     assert want != plain  # the scale changed some answers
     for answer, result in zip(answers, index.query_vectors(vectors, k=3), strict=True):
         assert (result.predicted == "seven-b") == answer.is_member
+    # Narrower than the global threshold: the plain vote, and query judges by the class's own
+    # threshold as check does.
+    store.class_thresholds[late] = 0.9 * store.facts.threshold
+    answers = index.check_vectors(vectors, ["seven-b"] * len(images))
+    plain_scales = np.full(len(scales), store.class_thresholds[late])  # one scale: plain vote
+    assert [a.is_member for a in answers] == [accepted(v, plain_scales) for v in vectors]
+    predicted = 0
+    for answer, result in zip(answers, index.query_vectors(vectors, k=3), strict=True):
+        assert (result.predicted == "seven-b") == answer.is_member
+        if result.predicted == "seven-b":
+            predicted += 1
+            assert result.threshold == pytest.approx(store.class_thresholds[late])
+    assert predicted
 
 
 def test_audit_finds_a_planted_wrong_label_and_relabel_puts_it_back(tiny_index, mnist_test):
