@@ -301,7 +301,7 @@ def _one_of(kind: str, choices: Sequence[str]) -> Callable[..., str | None]:
     type=click.IntRange(min=10),
     default=None,
     help="Train on N labelled train images drawn evenly over the classes (seeded), the "
-    "validation share included. Default: all.",
+    "validation share included; without --epochs, for at least 9,000 steps. Default: all.",
 )
 @click.option(
     "--head",

@@ -35,6 +35,23 @@ ARTICLE_LEARNING_RATE = 1e-3  # RMSprop, as in the article
 DEFAULT_LEARNING_RATE = 2e-3  # Adam with cosine decay
 DEFAULT_OUTLIER_SHARE = 0.2  # of each training batch: non-digits (outlier exposure)
 EXPOSURE_IMAGES = 10_000  # distinct training non-digits, augmented afresh every epoch
+# With --labelled N and no --epochs: at least this many optimiser steps, chosen at N = 1,000
+# on held-out train images (README, "Little labelled data"); early stopping still ends it.
+LABELLED_MIN_STEPS = 9_000
+
+
+def epochs_for(
+    count: int,
+    min_steps: int,
+    val_fraction: float = 0.1,
+    batch: int = 128,
+    outlier_share: float = DEFAULT_OUTLIER_SHARE,
+) -> int:
+    """Enough epochs (at least the default 8) for ``min_steps`` in-batch steps on ``count``
+    labelled images, of which ``val_fraction`` is held out."""
+    digits_per_batch = batch - (max(1, round(batch * outlier_share)) if outlier_share else 0)
+    steps = max(1, int(count * (1 - val_fraction)) // digits_per_batch)
+    return max(DEFAULT_EPOCHS, -(-min_steps // steps))
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,10 @@ class TrainConfig:
             )
         if not 0 <= outlier_share < 0.5:
             raise ValueError(f"outlier share must be in [0, 0.5), got {outlier_share}")
+        if self.labelled and not self.epochs and sampler == "in-batch":
+            epochs = epochs_for(
+                self.labelled, LABELLED_MIN_STEPS, self.val_fraction, self.batch_size, outlier_share
+            )
         if (augment or outlier_share) and sampler != "in-batch":
             raise ValueError(
                 "augmentation and outlier exposure train with --sampler in-batch only; "

@@ -189,3 +189,18 @@ def test_a_projection_head_needs_in_batch_training_and_a_width():
         TrainConfig(head=-1).resolved()
     with pytest.raises(ValueError, match="projection head needs --sampler in-batch"):
         TrainConfig(architecture="article-mlp", head=16).resolved()
+
+
+def test_few_labelled_images_train_for_at_least_the_minimum_steps():
+    from siamindex.training import LABELLED_MIN_STEPS, epochs_for
+
+    assert epochs_for(60_000, 300) == 8
+    assert epochs_for(100, 300) == 300  # one step per epoch
+    assert epochs_for(1000, 300) == 38
+    assert epochs_for(1000, 300, outlier_share=0.0) == 43  # 128 digits a batch: 7 steps
+    # 900 images for training (a tenth held out), 102 digits a batch: 8 steps an epoch.
+    assert TrainConfig(labelled=1000).resolved().epochs == LABELLED_MIN_STEPS // 8
+    assert TrainConfig(labelled=1000, epochs=3).resolved().epochs == 3  # asked for: kept
+    assert TrainConfig().resolved().epochs == 8  # all the images: the default
+    drawn = TrainConfig(labelled=1000, sampler="balanced", augment=False, outlier_share=0)
+    assert drawn.resolved().epochs == 8  # drawn pairs count their steps otherwise

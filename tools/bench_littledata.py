@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,14 +24,7 @@ from benchlib import blas_kernels, markdown_table
 from siamindex.data import balanced_sample, load_dataset
 from siamindex.embedding import load_embedder
 from siamindex.evaluation import evaluate_vectors, raw_pixels
-from siamindex.training import DEFAULT_OUTLIER_SHARE, TrainConfig, train
-
-
-def epochs_for(count: int, min_steps: int, val_fraction: float = 0.1, batch: int = 128) -> int:
-    """Enough epochs (at least the default 8) for ``min_steps`` steps on ``count`` images."""
-    digits_per_batch = batch - max(1, round(batch * DEFAULT_OUTLIER_SHARE))
-    steps = max(1, int(count * (1 - val_fraction)) // digits_per_batch)
-    return max(8, math.ceil(min_steps / steps))
+from siamindex.training import TrainConfig, epochs_for, train
 
 
 def main() -> None:
