@@ -194,7 +194,7 @@ def nearest(
     else:
         first, support_distances = vote.nearest_class(store, partition, vectors, first)
     chances = _probabilities(store, support_distances)
-    thresholds = vote.claim_thresholds(store, first)  # as check judges a claim of it
+    thresholds, _ = vote.claim_thresholds(store, first)  # as check judges a claim of it
     results = []
     for q, name in enumerate(names):
         matches = [
@@ -253,15 +253,8 @@ def check_membership(
     distances, rows, support_distances = partition.nearest(
         vectors, classes, support=support, nprobe=nprobe
     )
-    thresholds = np.full(len(classes), store.facts.threshold)
-    kinds = np.full(len(classes), "global", dtype=object)
-    # A class added after the build is judged by its own threshold (the global one was never
-    # fitted on it) once it has one; every class is when asked.
-    late = [store.class_names.index(name) for name in store.facts.late_classes]
-    own = store.class_thresholds[classes]
-    judged = np.isfinite(own) & (per_class | np.isin(classes, late))
-    thresholds = np.where(judged, own, thresholds)
-    kinds[judged] = "per-class"
+    thresholds, judged = vote.claim_thresholds(store, classes, per_class)
+    kinds = np.where(judged, "per-class", "global").astype(object)
     nearer = vote.nearer_classes(
         store, partition, vectors, classes, support_distances, thresholds, nprobe
     )

@@ -53,7 +53,7 @@ def nearest_class(
     (each one to a class nearer in scale) until no class is nearer."""
     support = store.facts.support
     _, _, found = partition.nearest(vectors, first, support=support)
-    reach = claim_thresholds(store, first)
+    reach, _ = claim_thresholds(store, first)
     nearer = nearer_classes(store, partition, vectors, first, found, reach)
     scales = vote_scales(store)
     first, found = first.copy(), found.copy()
@@ -99,12 +99,16 @@ def nearer_classes(
     return nearer
 
 
-def claim_thresholds(store: IndexStore, classes: np.ndarray) -> np.ndarray:
-    """The threshold a claim about each class is judged by: a class added after the build
-    has its own once calibrated, every other class the global one."""
+def claim_thresholds(
+    store: IndexStore, classes: np.ndarray, per_class: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The threshold a claim about each class is judged by, and where it is the class's own:
+    a class added after the build has its own once calibrated (the global one was never
+    fitted on it); every class does when ``per_class`` asks; the rest take the global one."""
     late = [store.class_names.index(name) for name in store.facts.late_classes]
     own = store.class_thresholds[classes]
-    return np.where(np.isin(classes, late) & np.isfinite(own), own, store.facts.threshold)
+    judged = np.isfinite(own) & (per_class | np.isin(classes, late))
+    return np.where(judged, own, store.facts.threshold), judged
 
 
 def vote_scales(store: IndexStore) -> np.ndarray | None:
