@@ -103,7 +103,7 @@ class TrainConfig:
             raise ValueError(f"labelled images must be at least 10, got {self.labelled}")
         if self.head < 0 or (self.head and sampler != "in-batch"):
             raise ValueError(
-                f"a projection head needs --sampler in-batch and a width of 1 or more, "
+                "a projection head needs --sampler in-batch and a width of 1 or more, "
                 f"got {self.head}"
             )
         if not 0 <= outlier_share < 0.5:
