@@ -13,19 +13,16 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from serving import running_server
 
-from siamindex.build import BuildSettings, build_index
-
-TINY_ENCODER = Path(__file__).parent / "data" / "bundle-0.1.0" / "encoder.keras"
-
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, small_idx_dir):
+def served(tmp_path_factory, tiny_bundle):
+    """A private copy of the session's tiny bundle, served."""
+    import shutil
+
     folder = tmp_path_factory.mktemp("fuzz")
-    settings = BuildSettings(
-        encoder=TINY_ENCODER, index=folder / "idx", data_dir=small_idx_dir, splits=("test",),
-        progress=False,
-    )  # fmt: skip
-    build_index(settings)
+    bundle = tiny_bundle.resolve()
+    shutil.copytree(bundle, folder / bundle.name)
+    (folder / "idx").symlink_to(bundle.name)
     before = _digest(folder / "idx")
     with running_server(folder / "idx") as (_, base):  # no token: every write must be refused
         yield base
