@@ -253,8 +253,9 @@ class ClassPartition:
         # The narrowest classes need no more: one nearer in scale has its support-th member
         # within the neighbours, unless a wider class has as many members nearer still.
         reach = support_distances / scales[classes]
-        for label in sorted(self.rows):
-            if scales[label] <= scales[sorted(self.rows)].min() or len(self.rows[label]) < support:
+        stored = sorted(self.rows)
+        for label in stored:
+            if scales[label] <= scales[stored].min() or len(self.rows[label]) < support:
                 continue
             open_ = np.flatnonzero((found < 0) & np.isfinite(reach) & (classes != label))
             if not open_.size:
